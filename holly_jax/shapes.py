@@ -1,0 +1,123 @@
+"""Seeded generators of the example point sets shipped in `objs/`.
+
+Scaled like the original's objects: every coordinate within [-1.8, 1.8], the largest
+reaching about 1.5-1.8, a few hundred points each. Regenerate the files with
+
+    python -m holly_jax.shapes objs/
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from holly_jax.pointfile import write_points
+
+_CLIP = 2.5  # normal samples are clipped at 2.5 sigma so the bounds above always hold
+
+
+def _blob(rng: np.random.Generator, n: int, sigmas: tuple[float, float, float]) -> np.ndarray:
+    """n points of a clipped axis-aligned Gaussian with the given per-axis sigmas, (n, 3)."""
+    return np.clip(rng.standard_normal((n, 3)), -_CLIP, _CLIP) * np.asarray(sigmas)
+
+
+def _rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _split(n_points: int, parts: int) -> list[int]:
+    """n_points shared as evenly as possible over `parts` groups."""
+    if n_points < parts:
+        raise ValueError(f"need at least {parts} points, got {n_points}")
+    return [len(a) for a in np.array_split(np.arange(n_points), parts)]
+
+
+def cep152_toroid(n_points: int = 243, seed: int = 0, radius: float = 1.25) -> np.ndarray:
+    """A CEP152-like 9-fold ring: 9 elongated blobs around a circle in the xy-plane, (N, 3).
+
+    Each blob is stretched along a direction tilted 45 degrees between radial and
+    tangential (a pinwheel, as centriole blades lean), with a little thickness in z.
+    Blobs are sampled independently, so the symmetry holds in distribution, not exactly.
+    """
+    rng = np.random.default_rng(seed)
+    tilt = _rot_z(np.pi / 4)  # long axis along x, turned 45 degrees towards the tangent
+    clusters = []
+    for k, n in enumerate(_split(n_points, 9)):
+        local = _blob(rng, n, (0.17, 0.045, 0.07)) @ tilt.T + np.array([radius, 0.0, 0.0])
+        clusters.append(local @ _rot_z(2 * np.pi * k / 9).T)
+    return np.concatenate(clusters).astype(np.float32)
+
+
+def nuclear_pore(
+    n_points: int = 256, seed: int = 0, radius: float = 1.3, half_height: float = 0.35
+) -> np.ndarray:
+    """A nuclear-pore-like 8-fold double ring: 8 subunits at z = +h and 8 at z = -h, (N, 3)."""
+    rng = np.random.default_rng(seed)
+    clusters = []
+    for k, n in enumerate(_split(n_points, 16)):
+        z = half_height if k < 8 else -half_height
+        local = _blob(rng, n, (0.09, 0.06, 0.05)) + np.array([radius, 0.0, z])
+        clusters.append(local @ _rot_z(2 * np.pi * (k % 8) / 8).T)
+    return np.concatenate(clusters).astype(np.float32)
+
+
+def asymmetric_shape(n_points: int = 260, seed: int = 0) -> np.ndarray:
+    """A chiral shape with no rotational or mirror symmetry, so a pose is unique, (N, 3).
+
+    A left-handed helical tube of 1.2 turns (chiral; its own two-fold axis is broken by
+    the parts below), a ball-shaped knob off the helix near one end and a thin fin
+    beside the middle, of clearly different sizes. Centred, max |coordinate| = 1.6.
+    """
+    if n_points < 30:
+        raise ValueError(f"need at least 30 points, got {n_points}")
+    rng = np.random.default_rng(seed)
+    n_knob, n_fin = round(0.22 * n_points), round(0.2 * n_points)
+    n_tube = n_points - n_knob - n_fin
+
+    # Helix segment: 1.2 turns, points spread evenly along it with tube noise.
+    t_end = 2.4 * np.pi
+    t = np.sort(rng.uniform(0.0, t_end, n_tube))
+    centre = np.stack([0.8 * np.cos(t), -0.8 * np.sin(t), 0.22 * (t - t_end / 2)], axis=1)
+    tube = centre + _blob(rng, n_tube, (0.04, 0.04, 0.04))
+
+    # Knob: a ball of radius ~0.3 off the helix, outside and above its start.
+    knob = _blob(rng, n_knob, (0.13, 0.13, 0.13)) + np.array([1.25, 0.35, -0.55])
+
+    # Fin: a thin triangle spanned from the helix middle towards the axis and up.
+    u, v = rng.uniform(size=(2, n_fin))
+    flip = u + v > 1.0  # fold the unit square onto the triangle u + v <= 1
+    u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
+    base = np.array([-0.75, -0.3, 0.0])
+    fin = base + np.outer(u, [0.55, 0.15, 0.0]) + np.outer(v, [0.05, 0.1, 0.7])
+    fin += _blob(rng, n_fin, (0.015, 0.015, 0.015))
+
+    points = np.concatenate([tube, knob, fin])
+    points -= points.mean(axis=0)
+    points *= 1.6 / np.abs(points).max()
+    return points.astype(np.float32)
+
+
+SHAPES = {
+    "cep152_toroid": cep152_toroid,
+    "nuclear_pore": nuclear_pore,
+    "asymmetric": asymmetric_shape,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Writes <name>.obj and <name>.ply for every shape into the folder given (default objs/)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) > 1:
+        raise SystemExit("usage: python -m holly_jax.shapes [OUTPUT_DIR]")
+    out = Path(argv[0] if argv else "objs")
+    for name, make in SHAPES.items():
+        points_Nx3 = make()
+        for suffix in (".obj", ".ply"):
+            write_points(out / f"{name}{suffix}", points_Nx3)
+        print(f"wrote {out / name}.obj and .ply ({len(points_Nx3)} points)")
+
+
+if __name__ == "__main__":
+    main()
