@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
 
 PathLike = str | os.PathLike
@@ -233,7 +233,7 @@ def write_obj(path: PathLike, points_Nx3: np.ndarray) -> None:
     points_Nx3 = _checked(path, np.asarray(points_Nx3, dtype=np.float64))
     lines = [f"# holly-jax {len(points_Nx3)} vertices"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in points_Nx3.tolist()]
-    _atomic_write(path, ("\n".join(lines) + "\n").encode("ascii"))
+    write_atomic(path, ("\n".join(lines) + "\n").encode("ascii"))
 
 
 def write_ply(path: PathLike, points_Nx3: np.ndarray, binary: bool = False) -> None:
@@ -248,24 +248,4 @@ def write_ply(path: PathLike, points_Nx3: np.ndarray, binary: bool = False) -> N
         body = points_Nx3.astype("<f4").tobytes()
     else:
         body = "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points_Nx3.tolist()).encode("ascii")
-    _atomic_write(path, header + body)
-
-
-def _atomic_write(path: PathLike, payload: bytes) -> None:
-    """Writes a temp file beside `path`, then renames it over `path`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; point files are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, header + body)

@@ -93,39 +93,32 @@ def render_targets(gt_Nx3: jax.Array, table: Table, idx_B: jax.Array, sigma_B: j
     return render.render_items(points, R_Bx3x3, table.translation_Mx2[idx_B], sigma_B, masks, size)
 
 
-def split_sizes_check(sizes: dict[str, int], num_aug: int) -> int:
-    """Validate split sizes (items) and return the number of base items they need."""
-    for name in SPLITS:
-        n = sizes.get(name, 0)
-        if n < 0:
-            raise InputError(None, f"data size {name}={n} must not be negative")
-        if n % num_aug:
-            raise InputError(None, f"data size {name}={n} is not a multiple of num_aug={num_aug}")
-    if sizes.get("train", 0) <= 0:
-        raise InputError(None, "data size train must be positive")
-    return sum(sizes.get(name, 0) for name in SPLITS) // num_aug
-
-
 def split(key: jax.Array, sizes: dict[str, int], num_aug: int,
           allocation: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Disjoint item indices per split. Base items are split, so augmented copies never cross sets."""
-    num_base = split_sizes_check(sizes, num_aug)
+    """Disjoint item indices per split; ``sizes`` counts base items (the original's train/test/valid sizes).
+
+    Each base item stands for ``num_aug`` items, and whole base items are split, so
+    augmented copies never cross sets. Item b * num_aug + j is copy j of base item b.
+    """
+    for name in SPLITS:
+        if sizes.get(name, 0) < 0:
+            raise InputError(None, f"data size {name}={sizes[name]} must not be negative")
+    if sizes.get("train", 0) <= 0:
+        raise InputError(None, "data size train must be positive")
+    num_base = sum(sizes.get(name, 0) for name in SPLITS)
     if allocation is None:
         order = np.asarray(jax.random.permutation(key, num_base))
-        bases, start = {}, 0
-        for name in SPLITS:
-            count = sizes.get(name, 0) // num_aug
-            bases[name] = order[start:start + count]
-            start += count
+        bounds = np.cumsum([0] + [sizes.get(name, 0) for name in SPLITS])
+        bases = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(SPLITS)}
     else:
         bases = allocation
         for name in SPLITS:
-            want, got = sizes.get(name, 0) // num_aug, len(bases.get(name, ()))
+            want, got = sizes.get(name, 0), len(bases.get(name, ()))
             if got != want:
                 raise InputError(None, f"allocation gives {got} base items for {name}, config asks for {want}")
         _check_allocation(bases, num_base, None)
-    return {name: (bases[name][:, None] * num_aug + np.arange(num_aug)).reshape(-1).astype(np.int32)
-            for name in SPLITS}
+    return {name: (np.asarray(bases[name], np.int64)[:, None] * num_aug + np.arange(num_aug)).reshape(-1)
+            .astype(np.int32) for name in SPLITS}
 
 
 def read_allocation(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import parameterized
 from scipy import stats
 from scipy.spatial.transform import Rotation, Slerp
 
@@ -204,8 +203,11 @@ class ConversionTest(chex.TestCase):
         np.testing.assert_allclose(g(m1, m1), 0.0, atol=1e-5)
         small = r1 * Rotation.from_rotvec(_random_rotvecs(300, 17, 1.0) * 1e-3)
         np.testing.assert_allclose(g(m1, small.as_matrix().astype(np.float32)), (r1.inv() * small).magnitude(), atol=1e-5)
-        half = r1 * Rotation.from_rotvec(_random_rotvecs(300, 18, 1.0) / np.linalg.norm(_random_rotvecs(300, 18, 1.0), axis=1, keepdims=True) * (np.pi - 1e-3))
-        np.testing.assert_allclose(g(m1, half.as_matrix().astype(np.float32)), np.pi - 1e-3, atol=2e-4)
+        axes = _random_rotvecs(300, 18, 1.0)
+        axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+        for angle in (np.pi - 1e-3, np.pi):
+            near_pi = r1 * Rotation.from_rotvec(axes * angle)
+            np.testing.assert_allclose(g(m1, near_pi.as_matrix().astype(np.float32)), angle, atol=1e-5)
 
 
 # --- Gradients at and near angle 0 -------------------------------------------------------------------
@@ -234,6 +236,20 @@ def test_axis_angle_to_matrix_grad_matches_finite_differences(norm):
         loss64 = lambda r: jnp.sum(jnp.asarray(_W) * rot.axis_angle_to_matrix(r))
         got64 = np.asarray(jax.grad(loss64)(jnp.asarray(r0, jnp.float64)))
     np.testing.assert_allclose(got64, ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", [1e-4, 0.03, 0.06])
+def test_small_angle_series_in_float64(norm):
+    # In float64 the Taylor branches (taken below |r| ~ 0.032, or ~ 0.063 for quaternion -> r)
+    # must match scipy to ~1e-11: this checks the series coefficients, not just float32 rounding.
+    r0 = _DIR * norm
+    ref = Rotation.from_rotvec(r0)
+    with jax.enable_x64(True):
+        r = jnp.asarray(r0, jnp.float64)
+        np.testing.assert_allclose(rot.axis_angle_to_matrix(r), ref.as_matrix(), rtol=0, atol=2e-11)
+        np.testing.assert_allclose(rot.axis_angle_to_quaternion(r), _wxyz(ref), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rot.quaternion_to_axis_angle(jnp.asarray(_wxyz(ref))), r0, rtol=0, atol=2e-11)
+        np.testing.assert_allclose(rot.matrix_to_axis_angle(jnp.asarray(ref.as_matrix())), r0, rtol=0, atol=2e-11)
 
 
 def test_axis_angle_to_matrix_jacobian_at_zero_is_skew_basis():

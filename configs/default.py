@@ -1,0 +1,96 @@
+"""The original HOLLy's defaults (its train.py options), as one ConfigDict.
+
+    python launch.py --config=configs/default.py --workdir=runs/default \
+        --config.data.object=objs/asymmetric.obj
+
+Every other config imports this one and changes a few fields. Fields, grouped:
+
+data     where images come from. ``object``: the OBJ/PLY the simulated images
+         are drawn from (the original's --objpath). Sizes count base items;
+         with ``num_aug`` > 1 each base item gives num_aug in-plane rotated
+         images (the original's --aug --num-aug). ``allocation``: optional file
+         of base-item indices per split (lines ``train: 0 5 ...``).
+model    the pose network: ``predict_sigma`` (else the schedule's sigma is
+         used), ``rotation`` head ("axis_angle" or "6d"), ``dtype``.
+points   the learned cloud: ``num`` points, ``init`` ("uniform", "spot",
+         "poisson"); ``fixed``: a point file held fixed, which trains the
+         network alone (the original's pose-only mode).
+sigma    the blur schedule: ``list`` (like "10,8,6.4") or ``file``
+         (a sigma CSV, which wins when set); ``interpolate`` linear (the
+         original's --cont) or stepped.
+optim    AdamW: ``lr`` for the network, ``plr`` for the points (unset: lr);
+         ``adapt``: every ``pinterval`` steps the RMS movement of the points
+         feeds a reduce-on-plateau scale (``adapt_factor``, ``adapt_patience``)
+         of both learning rates.
+train    ``batch_size``, ``epochs`` (or ``steps`` > 0 to override), the
+         normalisation ("basic": each image sums to 100, or "none"), and the
+         intervals (in steps) for logging + test loss, and for checkpoints +
+         point files.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 1
+
+    # Data
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "simulated"
+    config.data.object = "objs/asymmetric.obj"
+    config.data.image_height = 128
+    config.data.image_width = 128
+    config.data.train_size = 50000
+    config.data.test_size = 200
+    config.data.valid_size = 200
+    config.data.translate = True
+    config.data.max_trans = 0.1
+    config.data.dropout = 0.0
+    config.data.wobble = 0.0
+    config.data.spawn = 1.0
+    config.data.max_spawn = 1
+    config.data.num_aug = 1
+    config.data.allocation = ""
+
+    # Network
+    config.model = ml_collections.ConfigDict()
+    config.model.predict_sigma = False
+    config.model.rotation = "axis_angle"
+    config.model.dtype = "float32"
+
+    # Learned points
+    config.points = ml_collections.ConfigDict()
+    config.points.num = 200
+    config.points.init = "uniform"
+    config.points.fixed = ""
+
+    # Sigma schedule
+    config.sigma = ml_collections.ConfigDict()
+    config.sigma.list = "10,1.25"
+    config.sigma.file = ""
+    config.sigma.interpolate = False
+
+    # Optimiser
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 4e-4
+    config.optim.plr = config_dict.placeholder(float)
+    config.optim.weight_decay = 0.01
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.adapt = False
+    config.optim.pinterval = 100
+    config.optim.adapt_factor = 0.75
+    config.optim.adapt_patience = 10
+
+    # Training loop
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 20
+    config.train.epochs = 10
+    config.train.steps = 0
+    config.train.normalise = "none"
+    config.train.log_every = 100
+    config.train.save_every = 1000
+    config.train.max_to_keep = 3
+    return config

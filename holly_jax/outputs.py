@@ -1,0 +1,95 @@
+"""What a run writes into its workdir, each file written so that a kill never leaves half of it.
+
+Whole files are written to a temporary name and renamed into place; the
+metrics log is append-only and, on resume, cut back to the restored step (a
+torn last line from a kill is dropped with it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from holly_jax import pointfile
+from holly_jax.atomic import write_atomic
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    return str(x)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar: numpy/JAX scalars to Python, non-finite floats to None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only complete records up to ``step`` (what the restored checkpoint has seen)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        write_atomic(self.path, "".join(kept).encode())
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps({k: _clean(v) for k, v in record.items()}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_shape(workdir: Path, stem: str, points_Nx3: np.ndarray, subfolders: bool = True) -> None:
+    """The point cloud as PLY and OBJ: ``plys/<stem>.ply`` and ``objs/<stem>.obj`` (or both in workdir)."""
+    ply = workdir / "plys" / f"{stem}.ply" if subfolders else workdir / f"{stem}.ply"
+    obj = workdir / "objs" / f"{stem}.obj" if subfolders else workdir / f"{stem}.obj"
+    pointfile.write_points(ply, points_Nx3)
+    pointfile.write_points(obj, points_Nx3)
+
+
+class TensorBoard:
+    """Scalars of each logged record as TensorBoard events under ``logdir``."""
+
+    def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter  # import here: only runs that log need it
+        self.writer = SummaryWriter(str(logdir), purge_step=purge_step or None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,308 @@
+"""Training: one TrainState, the jitted train and eval steps, and the loop that checkpoints and writes outputs.
+
+The state holds the CNN parameters and batch statistics, the point cloud, the
+optax state, the step and the adaptive learning-rate scale. A step reads its
+batch from the epoch's shuffled order, renders the targets at the schedule's
+current sigma inside the jitted step (sigma is data, so the schedule never
+recompiles), runs the CNN, renders the points at the predicted poses and
+updates everything with AdamW. The loop only touches the host at log and
+save intervals.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from tqdm import tqdm
+
+from holly_jax import data, loss, model, outputs, pointfile, points, render, schedule, simulate
+from holly_jax.errors import InputError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class AdaptState(NamedTuple):
+    """Reduce-on-plateau of both learning rates, fed by the RMS movement of the points."""
+    scale: jax.Array  # multiplies both learning rates
+    anchor_Nx3: jax.Array  # the points at the last check
+    best: jax.Array  # smallest movement seen
+    bad: jax.Array  # checks since the movement last improved
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    adapt: AdaptState
+
+
+class Run(NamedTuple):
+    """A run's static settings, derived once from the config and the data."""
+    cfg: ml_collections.ConfigDict
+    ds: data.Dataset
+    net: model.HollyNet
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    pose_only: bool
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Values the data module does not see; each problem is a one-line InputError."""
+    choices = (("train.normalise", cfg.train.normalise, loss.NORMALISATIONS),
+               ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
+               ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
+               ("points.init", cfg.points.init, points.INITS))
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise InputError(None, f"config.{name}: unknown value {value!r}; expected one of {allowed}")
+    for name in ("log_every", "save_every", "max_to_keep"):
+        if cfg.train[name] <= 0:
+            raise InputError(None, f"config.train.{name} must be positive, got {cfg.train[name]}")
+    if cfg.train.epochs <= 0 and cfg.train.steps <= 0:
+        raise InputError(None, "config.train.epochs or config.train.steps must be positive")
+    for name in ("lr", "plr"):
+        value = cfg.optim[name]
+        if value is not None and not value > 0:
+            raise InputError(None, f"config.optim.{name} must be positive, got {value}")
+    if cfg.optim.adapt and cfg.optim.pinterval <= 0:
+        raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
+
+
+def setup(cfg: ml_collections.ConfigDict) -> Run:
+    """Check the config, load the data and fix the run's shape."""
+    check_config(cfg)
+    ds = data.load(cfg)
+    b = int(cfg.train.batch_size)
+    spe = len(ds.splits["train"]) // b
+    total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
+    net = model.HollyNet(predict_sigma=bool(cfg.model.predict_sigma), rotation=cfg.model.rotation,
+                         max_trans=float(cfg.data.max_trans), dtype=DTYPES[cfg.model.dtype])
+    return Run(cfg, ds, net, b, spe, total, bool(cfg.points.fixed))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, pose_only: bool) -> optax.GradientTransformation:
+    """AdamW with one learning rate for the network and one for the points (frozen in pose-only mode)."""
+    o = cfg.optim
+    adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    plr = o.lr if o.plr is None else o.plr
+    return optax.multi_transform({"net": adamw(o.lr), "points": optax.set_to_zero() if pose_only else adamw(plr)},
+                                 lambda params: {"net": "net", "points": "points"})
+
+
+def initial_points(run: Run) -> np.ndarray:
+    cfg = run.cfg
+    if run.pose_only:
+        return pointfile.read_points(cfg.points.fixed)
+    return points.init_points(int(cfg.points.num), cfg.points.init, int(cfg.seed))
+
+
+def create_state(run: Run, points_Nx3: np.ndarray) -> TrainState:
+    h, w = run.ds.size
+    variables = jax.jit(run.net.init, static_argnames="train")(
+        jax.random.key(run.cfg.seed), jnp.zeros((1, h, w)), train=False)
+    pts = jnp.asarray(points_Nx3, jnp.float32)
+    adapt = AdaptState(jnp.float32(1.0), jnp.copy(pts), jnp.float32(jnp.inf), jnp.int32(0))  # no shared buffer
+    return TrainState.create(apply_fn=run.net.apply, params={"net": variables["params"], "points": pts},
+                             tx=make_optimizer(run.cfg, run.pose_only), batch_stats=variables["batch_stats"],
+                             adapt=adapt)
+
+
+def adapt_update(a: AdaptState, points_Nx3: jax.Array, step: jax.Array, cfg: ml_collections.ConfigDict) -> AdaptState:
+    """Every ``pinterval`` steps: the RMS point movement since the last check feeds a plateau counter."""
+    def check(a: AdaptState) -> AdaptState:
+        rmsd = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(points_Nx3 - a.anchor_Nx3), axis=-1)))
+        improved = rmsd < a.best * (1.0 - 1e-4)
+        bad = jnp.where(improved, 0, a.bad + 1)
+        reduce = bad > cfg.optim.adapt_patience
+        return AdaptState(jnp.where(reduce, a.scale * cfg.optim.adapt_factor, a.scale), points_Nx3,
+                          jnp.where(improved, rmsd, a.best), jnp.where(reduce, 0, bad))
+    return jax.lax.cond(step % cfg.optim.pinterval == 0, check, lambda a: a, a)
+
+
+class Steps(NamedTuple):
+    train: Callable  # (state, data, order) -> (state, metrics)
+    evaluate: Callable  # (state, data, idx_B, valid_B) -> sums
+
+
+def make_steps(run: Run) -> Steps:
+    """The jitted train and eval steps, closing over the run's static settings."""
+    cfg, size, opts, b = run.cfg, run.ds.size, run.ds.opts, run.batch_size
+    mode, predict_sigma = cfg.train.normalise, bool(cfg.model.predict_sigma)
+
+    def sigma_now(sim: data.SimData, step: jax.Array) -> jax.Array:
+        return schedule.sigma_at(sim.sigmas_S, step, run.total_steps, bool(cfg.sigma.interpolate))
+
+    def forward(params, batch_stats, targets_BxHxW, sigma_in, train: bool):
+        variables = {"params": params["net"], "batch_stats": batch_stats}
+        inputs = loss.normalise(targets_BxHxW, mode)
+        if train:
+            pose, updates = run.net.apply(variables, inputs, train=True, mutable=["batch_stats"])
+        else:
+            pose, updates = run.net.apply(variables, inputs, train=False), None
+        sigma_out = pose.sigma_B if predict_sigma else jnp.full((inputs.shape[0],), sigma_in)
+        pred = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma_out, size)
+        return loss.l1_per_image(pred, targets_BxHxW, mode), sigma_out, updates
+
+    def train_step(state: TrainState, sim: data.SimData, order: jax.Array):
+        step = state.step
+        idx = jax.lax.dynamic_slice(order, ((step % run.steps_per_epoch) * b,), (b,))
+        sigma_in = sigma_now(sim, step)
+        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), sigma_in), opts, size)
+
+        def loss_fn(params):
+            per_image, sigma_out, updates = forward(params, state.batch_stats, targets, sigma_in, train=True)
+            return jnp.sum(per_image), (sigma_out, updates)
+
+        (total, (sigma_out, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        deltas, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        deltas = jax.tree.map(lambda d: d * state.adapt.scale, deltas)
+        params = optax.apply_updates(state.params, deltas)
+        adapt = adapt_update(state.adapt, params["points"], step + 1, cfg) if cfg.optim.adapt else state.adapt
+        new_state = state.replace(step=step + 1, params=params, opt_state=opt_state,
+                                  batch_stats=updates["batch_stats"], adapt=adapt)
+        metrics = {"train_loss": total / b, "sigma_in": sigma_in, "sigma_out": jnp.mean(sigma_out),
+                   "grad_norm": optax.global_norm(grads), "lr_scale": state.adapt.scale}
+        return new_state, metrics
+
+    def eval_step(state: TrainState, sim: data.SimData, idx_B: jax.Array, valid_B: jax.Array):
+        sigma_in = sigma_now(sim, state.step)
+        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
+        per_image, sigma_out, _ = forward(state.params, state.batch_stats, targets, sigma_in, train=False)
+        return {"loss_sum": jnp.sum(per_image * valid_B), "sigma_out_sum": jnp.sum(sigma_out * valid_B),
+                "count": jnp.sum(valid_B)}
+
+    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(eval_step))
+
+
+@jax.jit
+def _epoch_order(key: jax.Array, epoch: int, train_idx: jax.Array) -> jax.Array:
+    return train_idx[jax.random.permutation(jax.random.fold_in(key, epoch), train_idx.shape[0])]
+
+
+def epoch_order(run: Run, epoch: int) -> jax.Array:
+    """The training items of one epoch in their shuffled order: a function of (seed, epoch) only."""
+    key = jax.random.fold_in(jax.random.key(run.cfg.seed), 2)
+    return _epoch_order(key, epoch, jnp.asarray(run.ds.splits["train"]))
+
+
+def evaluate(run: Run, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
+    """Mean per-image L1 and predicted sigma over a split, in padded batches of the training size."""
+    idx = run.ds.splits[split]
+    if len(idx) == 0:
+        return {}
+    b = run.batch_size
+    pad = (-len(idx)) % b
+    idx_p = np.concatenate([idx, np.full(pad, idx[0])]).astype(np.int32)
+    valid = np.concatenate([np.ones(len(idx)), np.zeros(pad)]).astype(np.float32)
+    sums = None
+    for start in range(0, len(idx_p), b):
+        out = steps.evaluate(state, run.ds.data, jnp.asarray(idx_p[start:start + b]),
+                             jnp.asarray(valid[start:start + b]))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    return {f"{split}_loss": float(sums["loss_sum"] / sums["count"]),
+            f"{split}_sigma_out": float(sums["sigma_out_sum"] / sums["count"])}
+
+
+def checkpoint_manager(workdir: Path, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.train.max_to_keep), create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager((workdir / "checkpoints").resolve(), options=options)
+
+
+def restore_or_init(run: Run, mngr: ocp.CheckpointManager, workdir: Path) -> TrainState:
+    """The latest checkpoint if there is one, else a fresh state (and its initial points written)."""
+    state = create_state(run, initial_points(run))
+    latest = mngr.latest_step()
+    if latest is None:
+        outputs.write_shape(workdir, "initial", np.asarray(state.params["points"]), subfolders=False)
+        return state
+    try:
+        restored = mngr.restore(latest, args=ocp.args.StandardRestore(state))
+    except Exception as e:  # orbax raises many types for a damaged or mismatched checkpoint
+        raise InputError(workdir / "checkpoints" / str(latest),
+                         f"cannot restore checkpoint ({e.__class__.__name__}); it may be damaged or from a "
+                         "different config") from None
+    return restored
+
+
+def _log_record(run: Run, state: TrainState, step: int, acc: dict[str, jax.Array], n: int,
+                images_per_s: float) -> dict[str, Any]:
+    values = jax.device_get(acc)
+    o = run.cfg.optim
+    plr = o.lr if o.plr is None else o.plr
+    scale = float(values["lr_scale"]) / n
+    record = {"step": step, "epoch": (step - 1) // run.steps_per_epoch}
+    record.update({k: float(v) / n for k, v in values.items() if k != "lr_scale"})
+    record.update({"lr": o.lr * scale, "plr": 0.0 if run.pose_only else plr * scale, "images_per_s": images_per_s})
+    return record
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+    """Train (or resume) the run a config describes; everything it writes goes under ``workdir``."""
+    workdir = Path(workdir)
+    run = setup(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mngr = checkpoint_manager(workdir, cfg)
+    state = restore_or_init(run, mngr, workdir)
+    start = int(state.step)
+    outputs.write_json(workdir / "config.json", cfg.to_dict())
+    metrics_log = outputs.MetricsLog(workdir / "metrics.jsonl")
+    metrics_log.truncate_after(start)
+    tb = outputs.TensorBoard(workdir / "tb", purge_step=start)
+    steps = make_steps(run)
+    tqdm.write(f"{len(run.ds.splits['train'])} training images, batch {run.batch_size}, "
+               f"{run.steps_per_epoch} steps per epoch, {run.total_steps} steps in all"
+               + (f", resuming at step {start}" if start else ""))
+
+    bar = tqdm(total=run.total_steps * run.batch_size, initial=start * run.batch_size, unit="img",
+               unit_scale=True, dynamic_ncols=True, disable=None, desc="train")
+    order, order_epoch = None, -1
+    acc, n_acc, t_last, images_last = None, 0, time.perf_counter(), 0
+    for step in range(start, run.total_steps):
+        epoch = step // run.steps_per_epoch
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(run, epoch), epoch
+        state, metrics = steps.train(state, run.ds.data, order)
+        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+        n_acc += 1
+        images_last += run.batch_size
+        bar.update(run.batch_size)
+        done = step + 1
+        last = done == run.total_steps
+        if done % cfg.train.log_every == 0 or last:
+            jax.block_until_ready(acc)
+            rate = images_last / (time.perf_counter() - t_last)
+            record = _log_record(run, state, done, acc, n_acc, rate)
+            if not np.isfinite(record["train_loss"]):
+                raise InputError(None, f"training diverged: the loss is {record['train_loss']} at step {done}; "
+                                       f"the last checkpoint (step {mngr.latest_step()}) is kept")
+            record.update(evaluate(run, steps, state))
+            metrics_log.append(record)
+            tb.write(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.4g}", sigma=f"{record['sigma_in']:.3g}",
+                            img_s=f"{rate:.0f}")
+            test = f"{record['test_loss']:.4g}" if "test_loss" in record else "-"
+            tqdm.write(f"step {done}/{run.total_steps} epoch {record['epoch']}: train loss "
+                       f"{record['train_loss']:.4g}, test loss {test}, sigma {record['sigma_in']:.3g} -> "
+                       f"{record['sigma_out']:.3g}, {rate:.0f} images/s")
+            acc, n_acc, images_last = None, 0, 0
+        if done % cfg.train.save_every == 0 or last:
+            mngr.save(done, args=ocp.args.StandardSave(state))
+            epoch_done = (done - 1) // run.steps_per_epoch
+            outputs.write_shape(workdir, f"shape_e{epoch_done}_s{done}", np.asarray(state.params["points"]))
+        if done % cfg.train.log_every == 0 or last:
+            t_last = time.perf_counter()  # the rate excludes evaluation and saving
+    bar.close()
+    mngr.wait_until_finished()
+    if start < run.total_steps or not (workdir / "final.ply").exists():
+        outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
+    tb.close()
+    return state

@@ -1,0 +1,157 @@
+"""Training end to end on tiny configs: loss falls, outputs parse, a killed run resumes exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from holly_jax import pointfile, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+    cfg = tiny.get_config()
+    cfg.data.object = str(REPO / "objs" / "asymmetric.obj")
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def _launch(workdir, *overrides, config="configs/tiny.py"):
+    cmd = [sys.executable, str(REPO / "launch.py"), f"--config={REPO / config}", f"--workdir={workdir}",
+           f"--config.data.object={REPO / 'objs' / 'asymmetric.obj'}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _final_state(cfg, workdir):
+    run = train.setup(cfg)
+    return train.restore_or_init(run, train.checkpoint_manager(Path(workdir), cfg), Path(workdir))
+
+
+def test_training_loss_falls_at_constant_sigma(tmp_path):
+    cfg = _config(**{"sigma.list": "3.0", "train.epochs": 6, "train.log_every": 8, "optim.plr": 2e-2})
+    train.train_and_evaluate(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(8, 49, 8))
+    first, last = records[0], records[-1]
+    assert last["train_loss"] < 0.9 * first["train_loss"]
+    assert last["test_loss"] < first["test_loss"]
+
+
+def test_outputs_exist_and_parse(tmp_path):
+    cfg = _config()
+    state = train.train_and_evaluate(cfg, tmp_path)
+    learned = np.asarray(state.params["points"])
+    assert int(state.step) == 32
+    for name in ("initial.ply", "initial.obj", "final.ply", "final.obj"):
+        assert pointfile.read_points(tmp_path / name).shape == (60, 3)
+    np.testing.assert_allclose(pointfile.read_points(tmp_path / "final.ply"), learned, atol=1e-5)
+    assert not np.allclose(pointfile.read_points(tmp_path / "initial.ply"), learned, atol=1e-3)  # points moved
+    # save_every 16 with 8 steps per epoch: steps 16 (epoch 1) and 32 (epoch 3)
+    assert sorted(p.name for p in (tmp_path / "plys").iterdir()) == ["shape_e1_s16.ply", "shape_e3_s32.ply"]
+    assert sorted(p.name for p in (tmp_path / "objs").iterdir()) == ["shape_e1_s16.obj", "shape_e3_s32.obj"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [8, 16, 24, 32]
+    for key in ("train_loss", "test_loss", "sigma_in", "sigma_out", "lr", "plr", "images_per_s", "epoch"):
+        assert all(key in r and r[key] is not None for r in records), key
+    assert records[0]["sigma_in"] > records[-1]["sigma_in"]  # the schedule moves 3 -> 1.5
+    assert records[0]["plr"] == pytest.approx(4e-3) and records[0]["lr"] == pytest.approx(4e-4)
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["batch_size"] == 8
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_pose_only_mode_keeps_points_fixed(tmp_path):
+    fixed = REPO / "objs" / "asymmetric.ply"
+    cfg = _config(**{"points.fixed": str(fixed), "train.epochs": 1})
+    state = train.train_and_evaluate(cfg, tmp_path)
+    np.testing.assert_array_equal(np.asarray(state.params["points"]), pointfile.read_points(fixed))
+
+
+def test_predicted_sigma_is_used(tmp_path):
+    cfg = _config(**{"model.predict_sigma": True, "train.epochs": 1})
+    train.train_and_evaluate(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["sigma_out"] != pytest.approx(records[-1]["sigma_in"])  # the network's own sigma
+
+
+def test_adapt_reduces_both_rates_when_point_movement_plateaus():
+    cfg = _config(**{"optim.adapt": True, "optim.pinterval": 5, "optim.adapt_patience": 2})
+    a = train.AdaptState(jnp.float32(1.0), jnp.zeros((4, 3)), jnp.float32(jnp.inf), jnp.int32(0))
+    position = 0.0
+    scales = []
+    # movement per check: shrinking for 3 checks (settling), then constant (a plateau)
+    for check, move in enumerate([0.5, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]):
+        for step in range(5 * check + 1, 5 * check + 6):
+            if step % 5 == 0:
+                position += move
+            a = train.adapt_update(a, jnp.full((4, 3), position / np.sqrt(3)), jnp.int32(step), cfg)
+        scales.append(float(a.scale))
+    # checks 4, 5 do not improve (bad 1, 2); check 6 makes bad 3 > patience 2: scale x0.75
+    assert scales == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.75, 0.75])
+    assert float(a.best) == pytest.approx(0.2, rel=1e-5)
+
+
+def test_same_seed_same_run_and_resume_after_sigkill(tmp_path):
+    overrides = ["--config.train.epochs=6", "--config.train.save_every=8"]
+    whole = _launch(tmp_path / "whole", *overrides)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    killed = _launch(tmp_path / "killed", *overrides)
+    marker = tmp_path / "killed" / "checkpoints" / "16"
+    deadline = time.time() + 300
+    while not marker.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "final.ply").exists(), "the run finished before it could be killed"
+
+    resumed = _launch(tmp_path / "killed", *overrides)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming at step" in out
+
+    cfg = _config(**{"train.epochs": 6, "train.save_every": 8})
+    a, b = _final_state(cfg, tmp_path / "whole"), _final_state(cfg, tmp_path / "killed")
+    assert int(a.step) == int(b.step) == 48
+    np.testing.assert_array_equal(np.asarray(a.params["points"]), np.asarray(b.params["points"]))
+    for x, y in zip(jax.tree.leaves(a.params["net"]), jax.tree.leaves(b.params["net"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "killed" / "final.ply").read_bytes()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) == list(range(8, 49, 8))  # no step logged twice across the kill
+
+
+@pytest.mark.parametrize("overrides,problem", [
+    (["--config.data.object=/nonexistent/shape.obj"], "shape.obj: file not found"),
+    (["--config.data.object={empty}"], "empty.obj: no vertices"),
+    (["--config.train.bogus=1"], "unknown config field 'config.train.bogus'"),
+    (["--config.train.batch_size=7"], "batch size 7 does not divide the 64 training images"),
+    (["--config.data.test_size=100"], "test set (100 images) is larger than the training data (64)"),
+    (["--config.sigma.list=3,0,1"], "sigma entry 2 must be positive"),
+    (["--config.sigma.file={bad_sigma}"], "bad_sigma.csv: sigma entry 1 must be positive"),
+])
+def test_bad_input_is_one_line_error(tmp_path, overrides, problem):
+    (tmp_path / "empty.obj").write_text("# nothing here\nf 1 2 3\n")
+    (tmp_path / "bad_sigma.csv").write_text("-1,2\n")
+    overrides = [o.format(empty=tmp_path / "empty.obj", bad_sigma=tmp_path / "bad_sigma.csv") for o in overrides]
+    proc = _launch(tmp_path / "run", *overrides)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("\n") == 1 and err.startswith("error: ") and problem in err, err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "run" / "checkpoints").exists()
