@@ -1,9 +1,12 @@
-"""holly-jax launcher: train (or resume) the run a config describes.
+"""holly-jax launcher.
 
-    python launch.py --config=configs/quick.py --workdir=runs/quick [--config.train.epochs=2 ...]
+    python launch.py --config=configs/quick.py --workdir=runs/quick [--config.train.epochs=2 ...]   # train / resume
+    python launch.py --mode=evaluate --workdir=runs/quick [--truth=shape.obj] [--pose=euler:90,0,0 ...]
+    python launch.py --mode=infer --workdir=runs/quick --input=image.fits|folder [--output=DIR]
+    python launch.py --mode=render --object=shape.obj --pose=euler:30,0,0 --sigma=2 --size=128 --output=out.fits
 
 Thin on purpose: it parses flags and calls the library. Bad input ends with a
-one-line error and exit status 1.
+one-line error and a non-zero exit status.
 """
 import os
 import sys
@@ -12,13 +15,23 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from holly_jax import train
+from holly_jax import evaluate, infer, train
 from holly_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Folder for checkpoints and outputs; rerunning resumes from it.")
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "render"], "What to do.")
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints and outputs; rerunning train resumes from it.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), for --mode=train.", lock_config=True)
+flags.DEFINE_string("truth", None, "evaluate: ground-truth OBJ/PLY (default: the run's data.object).")
+flags.DEFINE_multi_string("pose", None, "evaluate, render: a pose as aa:x,y,z (radians), euler:a,b,c (degrees, "
+                                        "extrinsic xyz) or quat:w,x,y,z; repeat for several.")
+flags.DEFINE_string("input", None, "infer: a FITS image or a folder of them.")
+flags.DEFINE_string("output", None, "infer: output folder (default WORKDIR/infer); render: output .fits path.")
+flags.DEFINE_string("object", None, "render: the OBJ/PLY to draw.")
+flags.DEFINE_float("sigma", 2.0, "render: blur sigma in pixels.")
+flags.DEFINE_string("size", "128", "render: image size, N or HxW.")
+flags.DEFINE_list("translation", ["0", "0"], "render: translation tx,ty.")
+flags.DEFINE_bool("normalise", False, "render: scale the image to sum 100 (basic normalisation).")
 
 
 def fail(message: str, status: int = 1) -> None:
@@ -35,7 +48,8 @@ def parse_flags(argv: list[str]) -> list[str]:
                 fail(f"{path}: config file not found", 2)
     try:
         rest = FLAGS(argv)
-        FLAGS.config.keys()  # the config file loads lazily: surface its errors here
+        if FLAGS["config"].present:
+            FLAGS.config.keys()  # the config file loads lazily: surface its errors here
         return rest
     except flags.Error as e:
         fail(" ".join(str(e).split()), 2)
@@ -45,21 +59,48 @@ def parse_flags(argv: list[str]) -> list[str]:
         culprit = next((n for n in names if n == f"config.{field}" or n.endswith(f".{field}") or f".{field}." in n),
                        None)
         fail(f"unknown config field {culprit or field!r} (the fields are listed in configs/default.py)", 2)
-    except Exception as e:  # a config file that is missing or does not load
+    except Exception as e:  # a config file that does not load
         fail(" ".join(str(e).split()), 2)
+
+
+def require(*names: str) -> None:
+    missing = [f"--{n}" for n in names if FLAGS[n].value is None]
+    if missing:
+        fail(f"--mode={FLAGS.mode} needs {' and '.join(missing)}", 2)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) out of the way
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        if FLAGS.mode == "train":
+            require("config", "workdir")
+            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "evaluate":
+            require("workdir")
+            evaluate.evaluate(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)
+        elif FLAGS.mode == "infer":
+            require("workdir", "input")
+            infer.infer(FLAGS.workdir, FLAGS.input, FLAGS.output)
+        else:
+            require("object", "output")
+            try:
+                translation = tuple(float(v) for v in FLAGS.translation)
+            except ValueError:
+                fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
+            if len(translation) != 2:
+                fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
+            pose = (FLAGS.pose or ["euler:0,0,0"])[0]
+            path = infer.render_file(FLAGS.object, FLAGS.output, pose, FLAGS.sigma, FLAGS.size, translation,
+                                     FLAGS.normalise)
+            print(f"wrote {path} and {path.with_suffix('.png')}")
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
 
 
 if __name__ == "__main__":

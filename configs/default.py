@@ -19,13 +19,16 @@ sigma    the blur schedule: ``list`` (like "10,8,6.4") or ``file``
          (a sigma CSV, which wins when set); ``interpolate`` linear (the
          original's --cont) or stepped.
 optim    AdamW: ``lr`` for the network, ``plr`` for the points (unset: lr);
+         ``decay_fraction``: both fall linearly to 0 over this last part of
+         the run (0: constant, the original);
          ``adapt``: every ``pinterval`` steps the RMS movement of the points
          feeds a reduce-on-plateau scale (``adapt_factor``, ``adapt_patience``)
          of both learning rates.
 train    ``batch_size``, ``epochs`` (or ``steps`` > 0 to override), the
          normalisation ("basic": each image sums to 100, or "none"), and the
          intervals (in steps) for logging + test loss, and for checkpoints +
-         point files.
+         point files + pictures; ``report``: evaluate at the end and write
+         report.html.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -79,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.b1 = 0.9
     config.optim.b2 = 0.999
     config.optim.eps = 1e-8
+    config.optim.decay_fraction = 0.0
     config.optim.adapt = False
     config.optim.pinterval = 100
     config.optim.adapt_factor = 0.75
@@ -93,4 +97,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every = 100
     config.train.save_every = 1000
     config.train.max_to_keep = 3
+    config.train.report = True
     return config

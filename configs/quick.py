@@ -2,17 +2,19 @@
 
     python launch.py --config=configs/quick.py --workdir=runs/quick
 
-64x64 images of objs/asymmetric.obj, batch 32, a coarse-to-fine schedule (the
-teapot list halved, 5 -> 0.6 px, interpolated), points learning 10x faster
-than the network, the schedule's sigma (not predicted). The learned cloud is
-runs/quick/final.ply.
+The nuclear-pore-like double ring objs/nuclear_pore.obj from simulated 64x64
+images: batch 32, 6,000 steps, a coarse-to-fine schedule (the teapot list
+halved, 5 -> 0.6 px, interpolated), points learning 10x faster than the
+network, both rates falling to zero over the last 30% of the run, the
+schedule's sigma (not predicted). The learned cloud is runs/quick/final.ply;
+runs/quick/report.html shows it aligned to the shape with its Chamfer distance.
 """
 from configs import default
 
 
 def get_config():
     config = default.get_config()
-    config.data.object = "objs/asymmetric.obj"
+    config.data.object = "objs/nuclear_pore.obj"
     config.data.image_height = 64
     config.data.image_width = 64
     config.data.train_size = 19200
@@ -23,8 +25,9 @@ def get_config():
     config.sigma.interpolate = True
     config.optim.lr = 4e-4
     config.optim.plr = 4e-3
+    config.optim.decay_fraction = 0.3
     config.train.batch_size = 32
-    config.train.epochs = 8
+    config.train.epochs = 10
     config.train.normalise = "basic"
     config.train.log_every = 200
     config.train.save_every = 600

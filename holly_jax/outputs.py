@@ -91,5 +91,9 @@ class TensorBoard:
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
+    def image(self, tag: str, image_HxW: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, np.asarray(image_HxW), step, dataformats="HW")
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm import tqdm
 
-from holly_jax import data, loss, model, outputs, pointfile, points, render, schedule, simulate
+from holly_jax import data, loss, model, outputs, plots, pointfile, points, render, schedule, simulate
 from holly_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -71,6 +71,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         value = cfg.optim[name]
         if value is not None and not value > 0:
             raise InputError(None, f"config.optim.{name} must be positive, got {value}")
+    if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
+        raise InputError(None, f"config.optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
     if cfg.optim.adapt and cfg.optim.pinterval <= 0:
         raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
 
@@ -87,12 +89,27 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
     return Run(cfg, ds, net, b, spe, total, bool(cfg.points.fixed))
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, pose_only: bool) -> optax.GradientTransformation:
+def learning_rates(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
+    """Network and point learning rates by step: constant, then (``optim.decay_fraction`` > 0) a linear
+    fall to zero over that last fraction of the run."""
+    o = cfg.optim
+    plr = o.lr if o.plr is None else o.plr
+    decay_steps = int(round(float(o.decay_fraction) * total_steps))
+
+    def schedule(lr: float) -> optax.Schedule:
+        if decay_steps <= 0:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay_steps)],
+                                    [total_steps - decay_steps])
+    return schedule(o.lr), schedule(plr)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, pose_only: bool, total_steps: int) -> optax.GradientTransformation:
     """AdamW with one learning rate for the network and one for the points (frozen in pose-only mode)."""
     o = cfg.optim
     adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    plr = o.lr if o.plr is None else o.plr
-    return optax.multi_transform({"net": adamw(o.lr), "points": optax.set_to_zero() if pose_only else adamw(plr)},
+    lr, plr = learning_rates(cfg, total_steps)
+    return optax.multi_transform({"net": adamw(lr), "points": optax.set_to_zero() if pose_only else adamw(plr)},
                                  lambda params: {"net": "net", "points": "points"})
 
 
@@ -110,7 +127,7 @@ def create_state(run: Run, points_Nx3: np.ndarray) -> TrainState:
     pts = jnp.asarray(points_Nx3, jnp.float32)
     adapt = AdaptState(jnp.float32(1.0), jnp.copy(pts), jnp.float32(jnp.inf), jnp.int32(0))  # no shared buffer
     return TrainState.create(apply_fn=run.net.apply, params={"net": variables["params"], "points": pts},
-                             tx=make_optimizer(run.cfg, run.pose_only), batch_stats=variables["batch_stats"],
+                             tx=make_optimizer(run.cfg, run.pose_only, run.total_steps), batch_stats=variables["batch_stats"],
                              adapt=adapt)
 
 
@@ -126,59 +143,79 @@ def adapt_update(a: AdaptState, points_Nx3: jax.Array, step: jax.Array, cfg: ml_
     return jax.lax.cond(step % cfg.optim.pinterval == 0, check, lambda a: a, a)
 
 
+class Prediction(NamedTuple):
+    loss_B: jax.Array  # per-image L1 after normalisation
+    pose: model.Pose
+    sigma_B: jax.Array  # the sigma the points were drawn with
+    images_BxHxW: jax.Array  # the points drawn at the predicted poses
+    batch_stats: Any  # updated statistics (training) or None
+
+
+def predict(run: Run, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array,
+            train: bool = False) -> Prediction:
+    """The network's poses for target images and the learned points drawn at them, scored against the targets."""
+    mode = run.cfg.train.normalise
+    variables = {"params": params["net"], "batch_stats": batch_stats}
+    inputs = loss.normalise(targets_BxHxW, mode)
+    if train:
+        pose, updates = run.net.apply(variables, inputs, train=True, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        pose, new_stats = run.net.apply(variables, inputs, train=False), None
+    sigma_B = pose.sigma_B if run.net.predict_sigma else jnp.full((inputs.shape[0],), sigma_in)
+    images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma_B, run.ds.size)
+    return Prediction(loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma_B, images, new_stats)
+
+
+def sigma_now(run: Run, sigmas_S: jax.Array, step: jax.Array) -> jax.Array:
+    """The schedule's sigma after ``step`` steps."""
+    return schedule.sigma_at(sigmas_S, step, run.total_steps, bool(run.cfg.sigma.interpolate))
+
+
 class Steps(NamedTuple):
     train: Callable  # (state, data, order) -> (state, metrics)
     evaluate: Callable  # (state, data, idx_B, valid_B) -> sums
+    sample: Callable  # (state, data, idx_B) -> (targets, predicted images), for pictures
 
 
 def make_steps(run: Run) -> Steps:
     """The jitted train and eval steps, closing over the run's static settings."""
     cfg, size, opts, b = run.cfg, run.ds.size, run.ds.opts, run.batch_size
-    mode, predict_sigma = cfg.train.normalise, bool(cfg.model.predict_sigma)
-
-    def sigma_now(sim: data.SimData, step: jax.Array) -> jax.Array:
-        return schedule.sigma_at(sim.sigmas_S, step, run.total_steps, bool(cfg.sigma.interpolate))
-
-    def forward(params, batch_stats, targets_BxHxW, sigma_in, train: bool):
-        variables = {"params": params["net"], "batch_stats": batch_stats}
-        inputs = loss.normalise(targets_BxHxW, mode)
-        if train:
-            pose, updates = run.net.apply(variables, inputs, train=True, mutable=["batch_stats"])
-        else:
-            pose, updates = run.net.apply(variables, inputs, train=False), None
-        sigma_out = pose.sigma_B if predict_sigma else jnp.full((inputs.shape[0],), sigma_in)
-        pred = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma_out, size)
-        return loss.l1_per_image(pred, targets_BxHxW, mode), sigma_out, updates
 
     def train_step(state: TrainState, sim: data.SimData, order: jax.Array):
         step = state.step
         idx = jax.lax.dynamic_slice(order, ((step % run.steps_per_epoch) * b,), (b,))
-        sigma_in = sigma_now(sim, step)
+        sigma_in = sigma_now(run, sim.sigmas_S, step)
         targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), sigma_in), opts, size)
 
         def loss_fn(params):
-            per_image, sigma_out, updates = forward(params, state.batch_stats, targets, sigma_in, train=True)
-            return jnp.sum(per_image), (sigma_out, updates)
+            out = predict(run, params, state.batch_stats, targets, sigma_in, train=True)
+            return jnp.sum(out.loss_B), (out.sigma_B, out.batch_stats)
 
-        (total, (sigma_out, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (total, (sigma_out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         deltas, opt_state = state.tx.update(grads, state.opt_state, state.params)
         deltas = jax.tree.map(lambda d: d * state.adapt.scale, deltas)
         params = optax.apply_updates(state.params, deltas)
         adapt = adapt_update(state.adapt, params["points"], step + 1, cfg) if cfg.optim.adapt else state.adapt
         new_state = state.replace(step=step + 1, params=params, opt_state=opt_state,
-                                  batch_stats=updates["batch_stats"], adapt=adapt)
+                                  batch_stats=batch_stats, adapt=adapt)
         metrics = {"train_loss": total / b, "sigma_in": sigma_in, "sigma_out": jnp.mean(sigma_out),
                    "grad_norm": optax.global_norm(grads), "lr_scale": state.adapt.scale}
         return new_state, metrics
 
     def eval_step(state: TrainState, sim: data.SimData, idx_B: jax.Array, valid_B: jax.Array):
-        sigma_in = sigma_now(sim, state.step)
+        sigma_in = sigma_now(run, sim.sigmas_S, state.step)
         targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
-        per_image, sigma_out, _ = forward(state.params, state.batch_stats, targets, sigma_in, train=False)
-        return {"loss_sum": jnp.sum(per_image * valid_B), "sigma_out_sum": jnp.sum(sigma_out * valid_B),
+        out = predict(run, state.params, state.batch_stats, targets, sigma_in)
+        return {"loss_sum": jnp.sum(out.loss_B * valid_B), "sigma_out_sum": jnp.sum(out.sigma_B * valid_B),
                 "count": jnp.sum(valid_B)}
 
-    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(eval_step))
+    def sample_step(state: TrainState, sim: data.SimData, idx_B: jax.Array):
+        sigma_in = sigma_now(run, sim.sigmas_S, state.step)
+        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
+        return targets, predict(run, state.params, state.batch_stats, targets, sigma_in).images_BxHxW
+
+    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(eval_step), jax.jit(sample_step))
 
 
 @jax.jit
@@ -192,7 +229,7 @@ def epoch_order(run: Run, epoch: int) -> jax.Array:
     return _epoch_order(key, epoch, jnp.asarray(run.ds.splits["train"]))
 
 
-def evaluate(run: Run, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
+def score_split(run: Run, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
     """Mean per-image L1 and predicted sigma over a split, in padded batches of the training size."""
     idx = run.ds.splits[split]
     if len(idx) == 0:
@@ -209,6 +246,20 @@ def evaluate(run: Run, steps: Steps, state: TrainState, split: str = "test") -> 
     sums = jax.device_get(sums)
     return {f"{split}_loss": float(sums["loss_sum"] / sums["count"]),
             f"{split}_sigma_out": float(sums["sigma_out_sum"] / sums["count"])}
+
+
+def save_pictures(run: Run, steps: Steps, state: TrainState, workdir: Path, records: list[dict[str, Any]],
+                  tb: outputs.TensorBoard) -> None:
+    """The pictures regenerated at each save interval: curves, input/output pairs, the cloud in three views."""
+    folder = workdir / "pictures"
+    step = int(state.step)
+    plots.save_curves(folder / "curves.png", records)
+    idx = run.ds.splits["test"] if len(run.ds.splits["test"]) else run.ds.splits["train"]
+    targets, images = jax.device_get(steps.sample(state, run.ds.data, jnp.asarray(idx[:8])))
+    grid = plots.pairs(targets, images)
+    plots.save_png(folder / "pairs.png", grid, scale=max(1, 128 // max(run.ds.size)))
+    tb.image("inputs_outputs", grid, step)
+    plots.save_cloud_views(folder / "cloud.png", np.asarray(state.params["points"]), title=f"step {step}")
 
 
 def checkpoint_manager(workdir: Path, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -233,20 +284,20 @@ def restore_or_init(run: Run, mngr: ocp.CheckpointManager, workdir: Path) -> Tra
     return restored
 
 
-def _log_record(run: Run, state: TrainState, step: int, acc: dict[str, jax.Array], n: int,
-                images_per_s: float) -> dict[str, Any]:
+def _log_record(run: Run, step: int, acc: dict[str, jax.Array], n: int, images_per_s: float) -> dict[str, Any]:
     values = jax.device_get(acc)
-    o = run.cfg.optim
-    plr = o.lr if o.plr is None else o.plr
+    lr, plr = learning_rates(run.cfg, run.total_steps)
     scale = float(values["lr_scale"]) / n
     record = {"step": step, "epoch": (step - 1) // run.steps_per_epoch}
     record.update({k: float(v) / n for k, v in values.items() if k != "lr_scale"})
-    record.update({"lr": o.lr * scale, "plr": 0.0 if run.pose_only else plr * scale, "images_per_s": images_per_s})
+    record.update({"lr": float(lr(step - 1)) * scale, "plr": 0.0 if run.pose_only else float(plr(step - 1)) * scale,
+                   "images_per_s": images_per_s})
     return record
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
-    """Train (or resume) the run a config describes; everything it writes goes under ``workdir``."""
+    """Train (or resume) the run a config describes, then (``train.report``) evaluate it against its ground
+    truth and write ``report.html``; everything goes under ``workdir``."""
     workdir = Path(workdir)
     run = setup(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -280,11 +331,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
         if done % cfg.train.log_every == 0 or last:
             jax.block_until_ready(acc)
             rate = images_last / (time.perf_counter() - t_last)
-            record = _log_record(run, state, done, acc, n_acc, rate)
+            record = _log_record(run, done, acc, n_acc, rate)
             if not np.isfinite(record["train_loss"]):
                 raise InputError(None, f"training diverged: the loss is {record['train_loss']} at step {done}; "
                                        f"the last checkpoint (step {mngr.latest_step()}) is kept")
-            record.update(evaluate(run, steps, state))
+            record.update(score_split(run, steps, state))
             metrics_log.append(record)
             tb.write(record)
             bar.set_postfix(loss=f"{record['train_loss']:.4g}", sigma=f"{record['sigma_in']:.3g}",
@@ -298,6 +349,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
             mngr.save(done, args=ocp.args.StandardSave(state))
             epoch_done = (done - 1) // run.steps_per_epoch
             outputs.write_shape(workdir, f"shape_e{epoch_done}_s{done}", np.asarray(state.params["points"]))
+            save_pictures(run, steps, state, workdir, metrics_log.read(), tb)
         if done % cfg.train.log_every == 0 or last:
             t_last = time.perf_counter()  # the rate excludes evaluation and saving
     bar.close()
@@ -305,4 +357,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
     if start < run.total_steps or not (workdir / "final.ply").exists():
         outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
     tb.close()
+    if cfg.train.report:
+        from holly_jax import evaluate as evaluation  # evaluation builds on this module
+        evaluation.evaluate_state(run, state, workdir, quiet=True)
+        tqdm.write(f"report: {workdir / 'report.html'}")
     return state

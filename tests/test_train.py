@@ -155,3 +155,13 @@ def test_bad_input_is_one_line_error(tmp_path, overrides, problem):
     assert err.count("\n") == 1 and err.startswith("error: ") and problem in err, err
     assert "Traceback" not in err + out
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_learning_rate_decay_falls_linearly_over_the_last_fraction():
+    cfg = _config(**{"optim.lr": 1e-3, "optim.plr": 1e-2, "optim.decay_fraction": 0.25})
+    lr, plr = train.learning_rates(cfg, 100)
+    assert [float(lr(s)) for s in (0, 74, 75)] == pytest.approx([1e-3, 1e-3, 1e-3])
+    assert float(lr(85)) == pytest.approx(1e-3 * 0.6) and float(plr(85)) == pytest.approx(1e-2 * 0.6)
+    assert float(plr(100)) == pytest.approx(0.0, abs=1e-12)
+    cfg.optim.decay_fraction = 0.0
+    assert float(train.learning_rates(cfg, 100)[1](99)) == pytest.approx(1e-2)

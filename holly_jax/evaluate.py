@@ -1,0 +1,196 @@
+"""Evaluating a trained run: metrics against a ground truth, renders, montages, an animation, a report.
+
+``evaluate(workdir)`` loads the run's config and latest checkpoint and writes
+``WORKDIR/eval/``: ``metrics.json`` (aligned Chamfer and Hausdorff distances,
+rotation error of the predicted poses on held-out renders after one global
+alignment, held-out loss), the aligned cloud beside the ground truth as PLY,
+pictures, an animation, and ``WORKDIR/report.html``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from holly_jax.atomic import write_atomic
+from holly_jax import metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
+from holly_jax.errors import InputError
+
+DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", "euler:45,30,60", "euler:180,0,0")
+
+
+def load_run(workdir: str | Path) -> tuple[train.Run, train.TrainState]:
+    """The run a workdir holds: its config and its latest checkpoint."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise InputError(config_path, "not found: is this a holly-jax workdir?")
+    try:
+        cfg = ml_collections.ConfigDict(json.loads(config_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(config_path, f"not a readable config ({e.__class__.__name__})") from None
+    run = train.setup(cfg)
+    mngr = train.checkpoint_manager(workdir, cfg)
+    if mngr.latest_step() is None:
+        raise InputError(workdir / "checkpoints", "no checkpoint to evaluate")
+    return run, train.restore_or_init(run, mngr, workdir)
+
+
+def final_sigma(run: train.Run) -> float:
+    return float(train.sigma_now(run, run.ds.data.sigmas_S, run.total_steps))
+
+
+def _batched(fn, n: int, batch: int):
+    """Apply ``fn(start, stop)`` over [0, n) in fixed-size chunks (the last one padded) and concatenate."""
+    outs = [jax.device_get(fn(start, min(start + batch, n))) for start in range(0, n, batch)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+
+
+class Predictor:
+    """Network poses for batches of images and the learned points drawn at them (jitted once)."""
+
+    def __init__(self, run: train.Run, state: train.TrainState, batch: int = 32):
+        self.run, self.state, self.batch = run, state, batch
+        self._fn = jax.jit(lambda st, images, sigma: train.predict(run, st.params, st.batch_stats, images, sigma))
+
+    def __call__(self, images_BxHxW: np.ndarray, sigma: float) -> train.Prediction:
+        images = np.asarray(images_BxHxW, np.float32)
+        n = len(images)
+
+        def chunk(start, stop):
+            x = images[start:stop]
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)]) if len(x) < self.batch else x
+            out = self._fn(self.state, jnp.asarray(x), jnp.float32(sigma))
+            return out._replace(batch_stats=None)
+        return _batched(chunk, n, self.batch)
+
+
+def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size: tuple[int, int]) -> np.ndarray:
+    """The ground truth at rotations R (no translation), all points on."""
+    b = len(R_Bx3x3)
+    return np.asarray(render.render_poses(jnp.asarray(truth_Nx3), jnp.asarray(R_Bx3x3, jnp.float32),
+                                          jnp.zeros((b, 2)), jnp.full((b,), sigma), size))
+
+
+def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Validation (else test) renders of the simulated data at ``sigma`` and their true rotations."""
+    idx = run.ds.splits["valid"] if len(run.ds.splits["valid"]) else run.ds.splits["test"]
+    idx = np.asarray(idx[:limit])
+    if len(idx) == 0:
+        return np.zeros((0, *run.ds.size), np.float32), np.zeros((0, 3, 3))
+    sim = run.ds.data
+    targets = _batched(lambda a, b: _render_targets(sim.gt_Nx3, sim.table, jnp.asarray(idx[a:b]),
+                                                            jnp.full((b - a,), sigma), run.ds.opts, run.ds.size),
+                       len(idx), 64)
+    R = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(sim.table.rotation_Mx3[jnp.asarray(idx)]))
+    return targets, R
+
+
+_render_targets = jax.jit(simulate.render_targets, static_argnums=(4, 5))
+
+
+def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.ndarray:
+    """Random rotations in greedy nearest-neighbour order, slerped between: a smooth tour, B x 3 x 3."""
+    keys = jax.random.split(jax.random.key(seed), stops)
+    q = np.asarray(jax.vmap(rotations.random_quaternion)(keys))
+    R = np.asarray(jax.vmap(rotations.quaternion_to_matrix)(jnp.asarray(q)))
+    q = q[poses.greedy_tour(R)]
+    t = jnp.arange(frames_per_leg) / frames_per_leg
+    legs = [jax.vmap(rotations.slerp, in_axes=(None, None, 0))(jnp.asarray(q[i]), jnp.asarray(q[i + 1]), t)
+            for i in range(stops - 1)]
+    return np.asarray(jax.vmap(rotations.quaternion_to_matrix)(jnp.concatenate(legs)))
+
+
+def evaluate(workdir: str | Path, truth: str | Path | None = None,
+             pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of a run; see the module docstring for what is written."""
+    run, state = load_run(workdir)
+    return evaluate_state(run, state, Path(workdir), truth, pose_texts, quiet)
+
+
+def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth: str | Path | None = None,
+                   pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
+    out = workdir / "eval"
+    rotations_given = np.stack([poses.parse_pose(p) for p in pose_texts]) if pose_texts else np.zeros((0, 3, 3))
+    truth_path = truth or run.cfg.data.object
+    truth_Mx3 = pointfile.read_points(truth_path).astype(np.float64)
+    learned = np.asarray(state.params["points"], np.float64)
+    sigma = final_sigma(run)
+    predictor = Predictor(run, state)
+    results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path), "sigma": sigma,
+                               "points": len(learned), "truth_points": len(truth_Mx3)}
+
+    alignment = metrics.align(learned, truth_Mx3, seed=int(run.cfg.seed))
+    aligned = alignment.apply(learned)
+    results.update({"chamfer": alignment.chamfer, "hausdorff": metrics.hausdorff(aligned, truth_Mx3),
+                    "cloud_mirrored": bool(alignment.mirrored),
+                    "chamfer_unaligned": metrics.chamfer(learned, truth_Mx3)})
+    pointfile.write_points(out / "aligned.ply", aligned)
+    pointfile.write_points(out / "truth.ply", truth_Mx3)
+    plots.save_cloud_views(out / "cloud.png", aligned, truth_Mx3,
+                           title=f"learned (colour) aligned to the ground truth (grey): Chamfer {alignment.chamfer:.4f}")
+
+    targets, R_true = held_out(run, sigma)
+    if len(targets):
+        pred = predictor(targets, sigma)
+        err = poses.rotation_error(R_true, pred.pose.R_Bx3x3)
+        results.update(err.summary())
+        results.update({"heldout_images": len(targets), "heldout_loss": float(np.mean(pred.loss_B)),
+                        "heldout_sigma_out": float(np.mean(pred.sigma_B))})
+        k = min(16, len(targets))
+        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=_scale(run))
+        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=_scale(run))
+        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=_scale(run))
+
+    if len(rotations_given):
+        given = render_truth(truth_Mx3, rotations_given, sigma, run.ds.size)
+        pred = predictor(given, sigma)
+        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=_scale(run))
+        results["poses"] = [{"pose": text, "loss": float(l)} for text, l in zip(pose_texts, pred.loss_B)]
+
+    tour = tour_rotations(int(run.cfg.seed))
+    frames_in = render_truth(truth_Mx3, tour, sigma, run.ds.size)
+    frames_out = predictor(frames_in, sigma).images_BxHxW
+    plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=_scale(run))
+
+    outputs.write_json(out / "metrics.json", results)
+    write_report(workdir, results)
+    if not quiet:
+        print(format_table(results))
+    return results
+
+
+def _scale(run: train.Run) -> int:
+    return max(1, 128 // max(run.ds.size))
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [(k, v) for k, v in results.items() if not isinstance(v, (list, dict))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_report(workdir: Path, results: dict[str, Any] | None = None) -> None:
+    """``report.html``: the run's pictures, animation and metrics on one page (relative links)."""
+    pictures = [("Training curves", "pictures/curves.png"), ("Inputs and outputs (training)", "pictures/pairs.png"),
+                ("Point cloud", "pictures/cloud.png"), ("Aligned to the ground truth", "eval/cloud.png"),
+                ("Held-out inputs | outputs", "eval/pairs.png"), ("Ground truth at given poses | output",
+                                                                 "eval/poses.png"),
+                ("Tour of random rotations: input | output", "eval/animation.gif")]
+    parts = ["<!doctype html><meta charset='utf-8'><title>holly-jax report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+             "td{padding:2px 12px}</style>", f"<h1>holly-jax run: {workdir.resolve().name}</h1>"]
+    if results:
+        rows = "".join(f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
+                       f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in results.items()
+                       if not isinstance(v, (list, dict)))
+        parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
+    for title, rel in pictures:
+        if (workdir / rel).exists():
+            parts.append(f"<h2>{title}</h2><img src='{rel}' alt='{title}'>")
+    write_atomic(workdir / "report.html", "\n".join(parts).encode())

@@ -1,0 +1,102 @@
+"""Pose bookkeeping for evaluation: parsing user poses, rotation error after one global alignment, tours.
+
+Rotation error: a learned cloud lives in its own frame, possibly mirrored.
+If the network is right, R_pred_i = R_true_i A for one fixed rotation A
+(or, for a mirror-image cloud, F R_pred_i F = R_true_i A with F = diag(1, 1, -1),
+since a projection along z cannot tell F apart). So Q_i = R_true_i^T R_pred_i
+(or R_true_i^T F R_pred_i F) should be constant; A is their robust mean, and
+each image's error is its angle from A. The handedness with the smaller median
+error is reported.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from holly_jax.errors import InputError
+
+F = np.diag([1.0, 1.0, -1.0])
+
+
+def parse_pose(text: str) -> np.ndarray:
+    """A rotation matrix from ``aa:x,y,z`` (axis-angle, radians), ``euler:a,b,c`` (degrees, extrinsic
+    x then y then z) or ``quat:w,x,y,z``."""
+    kind, _, values = text.partition(":")
+    try:
+        numbers = [float(v) for v in re.split(r"[,\s]+", values.strip()) if v]
+    except ValueError:
+        raise InputError(None, f"pose {text!r}: values must be numbers") from None
+    want = {"aa": 3, "euler": 3, "quat": 4}.get(kind.strip().lower())
+    if want is None:
+        raise InputError(None, f"pose {text!r}: start with aa:, euler: or quat:")
+    if len(numbers) != want or not np.all(np.isfinite(numbers)):
+        raise InputError(None, f"pose {text!r}: {kind} takes {want} finite numbers")
+    if kind == "aa":
+        return Rotation.from_rotvec(numbers).as_matrix()
+    if kind == "euler":
+        return Rotation.from_euler("xyz", numbers, degrees=True).as_matrix()
+    if np.linalg.norm(numbers) == 0:
+        raise InputError(None, f"pose {text!r}: a quaternion cannot be zero")
+    w, x, y, z = numbers
+    return Rotation.from_quat([x, y, z, w]).as_matrix()
+
+
+def _project_so3(m_3x3: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m_3x3)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def _angles_deg(a_Bx3x3: np.ndarray, b_3x3: np.ndarray) -> np.ndarray:
+    rel = np.einsum("bji,jk->bik", a_Bx3x3, b_3x3)
+    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    return np.degrees(np.arccos(cos))
+
+
+def robust_mean(q_Bx3x3: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """A rotation central to many: the chordal mean, refit on the images closest to it."""
+    mean = _project_so3(q_Bx3x3.sum(0))
+    for _ in range(iterations):
+        err = _angles_deg(q_Bx3x3, mean)
+        keep = err <= max(2.0 * np.median(err), 1.0)
+        mean = _project_so3(q_Bx3x3[keep].sum(0))
+    return mean
+
+
+class PoseError(NamedTuple):
+    errors_deg: np.ndarray  # per image
+    mirrored: bool
+    alignment: np.ndarray  # the global rotation A
+
+    def summary(self) -> dict[str, float]:
+        e = self.errors_deg
+        return {"rotation_error_median_deg": float(np.median(e)), "rotation_error_mean_deg": float(np.mean(e)),
+                "rotation_under_10deg": float(np.mean(e < 10.0)), "rotation_mirrored": bool(self.mirrored)}
+
+
+def rotation_error(R_true_Bx3x3: np.ndarray, R_pred_Bx3x3: np.ndarray) -> PoseError:
+    """Per-image rotation error in degrees after one global alignment, the better handedness."""
+    R_true, R_pred = np.asarray(R_true_Bx3x3, np.float64), np.asarray(R_pred_Bx3x3, np.float64)
+    best = None
+    for mirrored in (False, True):
+        pred = F @ R_pred @ F if mirrored else R_pred
+        q = np.einsum("bji,bjk->bik", R_true, pred)
+        a = robust_mean(q)
+        result = PoseError(_angles_deg(q, a), mirrored, a)
+        if best is None or np.median(result.errors_deg) < np.median(best.errors_deg):
+            best = result
+    return best
+
+
+def greedy_tour(R_Bx3x3: np.ndarray) -> np.ndarray:
+    """An order visiting every rotation, each step to the nearest not yet visited (geodesic angle)."""
+    n = len(R_Bx3x3)
+    order, left = [0], set(range(1, n))
+    while left:
+        rest = np.array(sorted(left))
+        nxt = rest[np.argmin(_angles_deg(R_Bx3x3[rest], R_Bx3x3[order[-1]]))]
+        order.append(int(nxt))
+        left.remove(int(nxt))
+    return np.array(order)
