@@ -32,6 +32,9 @@ flags.DEFINE_float("sigma", 2.0, "render: blur sigma in pixels.")
 flags.DEFINE_string("size", "128", "render: image size, N or HxW.")
 flags.DEFINE_list("translation", ["0", "0"], "render: translation tx,ty.")
 flags.DEFINE_bool("normalise", False, "render: scale the image to sum 100 (basic normalisation).")
+flags.DEFINE_bool("distributed", False, "train on several hosts: call jax.distributed.initialize() first (its "
+                                        "settings come from the cluster environment); the global batch is the "
+                                        "config's batch size times the number of processes.")
 
 
 def fail(message: str, status: int = 1) -> None:
@@ -74,6 +77,8 @@ def main(argv):
         fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) out of the way
+    if FLAGS.distributed:
+        jax.distributed.initialize()
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         if FLAGS.mode == "train":

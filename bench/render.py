@@ -36,6 +36,29 @@ def _time(fn, args, min_seconds):
             return elapsed / calls
 
 
+def measure(size: int = 128, points: int = 230, batch: int = 20, seconds: float = 2.0) -> dict:
+    """Images/s forward and forward+backward of both forms, and their ratios."""
+    hw = (size, size)
+    key = jax.random.key(0)
+    pts = jax.random.uniform(key, (points, 3), minval=-1.5, maxval=1.5)
+    R = jax.vmap(rotations.random_rotation)(jax.random.split(key, batch))
+    t = jnp.zeros((batch, 2))
+    sigma = jnp.full((batch,), 2.0)
+    target = jnp.zeros((batch, *hw))
+    separable = lambda p, R, t, s: render.render_poses(p, R, t, s, hw)
+    dense = lambda p, R, t, s: jax.vmap(dense_render, in_axes=(None, 0, 0, 0, None))(p, R, t, s, hw)
+    results = {"size": size, "points": points, "batch": batch}
+    for name, fn in (("separable", separable), ("dense", dense)):
+        fwd = jax.jit(fn)
+        grad = jax.jit(jax.grad(lambda p, R, t, s, fn=fn: jnp.sum(jnp.abs(fn(p, R, t, s) - target)),
+                                argnums=(0, 1, 2, 3)))
+        for mode, f in (("forward", fwd), ("forward_backward", grad)):
+            results[f"{name}_{mode}_images_per_s"] = batch / _time(f, (pts, R, t, sigma), seconds)
+    for mode in ("forward", "forward_backward"):
+        results[f"ratio_{mode}"] = results[f"separable_{mode}_images_per_s"] / results[f"dense_{mode}_images_per_s"]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
@@ -44,27 +67,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing window per measurement")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    size = (args.size, args.size)
-    key = jax.random.key(0)
-    points = jax.random.uniform(key, (args.points, 3), minval=-1.5, maxval=1.5)
-    R = jax.vmap(rotations.random_rotation)(jax.random.split(key, args.batch))
-    t = jnp.zeros((args.batch, 2))
-    sigma = jnp.full((args.batch,), 2.0)
-    target = jnp.zeros((args.batch, *size))
-
-    separable = lambda p, R, t, s: render.render_poses(p, R, t, s, size)
-    dense = lambda p, R, t, s: jax.vmap(dense_render, in_axes=(None, 0, 0, 0, None))(p, R, t, s, size)
     results = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-               "size": args.size, "points": args.points, "batch": args.batch}
-    for name, fn in (("separable", separable), ("dense", dense)):
-        fwd = jax.jit(fn)
-        grad = jax.jit(jax.grad(lambda p, R, t, s, fn=fn: jnp.sum(jnp.abs(fn(p, R, t, s) - target)),
-                                argnums=(0, 1, 2, 3)))
-        for mode, f in (("forward", fwd), ("forward_backward", grad)):
-            seconds = _time(f, (points, R, t, sigma), args.seconds)
-            results[f"{name}_{mode}_images_per_s"] = args.batch / seconds
-    for mode in ("forward", "forward_backward"):
-        results[f"ratio_{mode}"] = results[f"separable_{mode}_images_per_s"] / results[f"dense_{mode}_images_per_s"]
+               **measure(args.size, args.points, args.batch, args.seconds)}
     width = max(map(len, results))
     for k, v in results.items():
         print(f"{k:<{width}}  {v:,.1f}" if isinstance(v, float) else f"{k:<{width}}  {v}")

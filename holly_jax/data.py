@@ -56,8 +56,7 @@ def image_size(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
     return h, w
 
 
-def check_batching(cfg: ml_collections.ConfigDict, num_train: int, num_test: int) -> None:
-    b = cfg.train.batch_size
+def check_batching(b: int, num_train: int, num_test: int) -> None:
     if b <= 0:
         raise InputError(None, f"config.train.batch_size must be positive, got {b}")
     if num_train % b:
@@ -66,7 +65,7 @@ def check_batching(cfg: ml_collections.ConfigDict, num_train: int, num_test: int
         raise InputError(None, f"test set ({num_test} images) is larger than the training data ({num_train})")
 
 
-def load(cfg: ml_collections.ConfigDict) -> Dataset:
+def load(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
     """Build the simulated data set a config describes; every problem is an InputError."""
     if cfg.data.source != "simulated":
         raise InputError(None, f"config.data.source: unknown source {cfg.data.source!r}; expected 'simulated'")
@@ -79,7 +78,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     key = jax.random.key(cfg.seed)
     k_table, k_split = jax.random.split(jax.random.fold_in(key, 1))
     splits = simulate.split(k_split, sizes, opts.num_aug, allocation)
-    check_batching(cfg, len(splits["train"]), len(splits["test"]))
+    check_batching(batch_size, len(splits["train"]), len(splits["test"]))
     table = simulate.make_table_jit(k_table, sum(sizes.values()), opts)
     data = SimData(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
     return Dataset(data, splits, opts, image_size(cfg))

@@ -21,6 +21,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from holly_jax import data, loss, model, outputs, plots, pointfile, points, render, schedule, simulate
@@ -47,10 +49,17 @@ class Run(NamedTuple):
     cfg: ml_collections.ConfigDict
     ds: data.Dataset
     net: model.HollyNet
-    batch_size: int
+    batch_size: int  # the global batch: config batch size times the number of processes
     steps_per_epoch: int
     total_steps: int
     pose_only: bool
+    mesh: Mesh  # devices along one "data" axis: the batch is split over them, the state replicated
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def batch_sharded(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P("data"))
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -77,16 +86,21 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
 
 
-def setup(cfg: ml_collections.ConfigDict) -> Run:
-    """Check the config, load the data and fix the run's shape."""
+def setup(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
+    """Check the config, load the data and fix the run's shape; the batch is split over ``devices``
+    (default: all devices of all processes)."""
     check_config(cfg)
-    ds = data.load(cfg)
-    b = int(cfg.train.batch_size)
+    mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+    b = int(cfg.train.batch_size) * jax.process_count()
+    if b % mesh.size:
+        raise InputError(None, f"batch size {b} does not split evenly over {mesh.size} devices")
+    ds = data.load(cfg, b)
+    ds = ds._replace(data=jax.device_put(ds.data, NamedSharding(mesh, P())))
     spe = len(ds.splits["train"]) // b
     total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
     net = model.HollyNet(predict_sigma=bool(cfg.model.predict_sigma), rotation=cfg.model.rotation,
                          max_trans=float(cfg.data.max_trans), dtype=DTYPES[cfg.model.dtype])
-    return Run(cfg, ds, net, b, spe, total, bool(cfg.points.fixed))
+    return Run(cfg, ds, net, b, spe, total, bool(cfg.points.fixed), mesh)
 
 
 def learning_rates(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
@@ -185,6 +199,7 @@ def make_steps(run: Run) -> Steps:
     def train_step(state: TrainState, sim: data.SimData, order: jax.Array):
         step = state.step
         idx = jax.lax.dynamic_slice(order, ((step % run.steps_per_epoch) * b,), (b,))
+        idx = jax.lax.with_sharding_constraint(idx, run.batch_sharded())  # each device draws its share
         sigma_in = sigma_now(run, sim.sigmas_S, step)
         targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), sigma_in), opts, size)
 
@@ -204,6 +219,7 @@ def make_steps(run: Run) -> Steps:
         return new_state, metrics
 
     def eval_step(state: TrainState, sim: data.SimData, idx_B: jax.Array, valid_B: jax.Array):
+        idx_B = jax.lax.with_sharding_constraint(idx_B, run.batch_sharded())
         sigma_in = sigma_now(run, sim.sigmas_S, state.step)
         targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
         out = predict(run, state.params, state.batch_stats, targets, sigma_in)
@@ -215,7 +231,9 @@ def make_steps(run: Run) -> Steps:
         targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
         return targets, predict(run, state.params, state.batch_stats, targets, sigma_in).images_BxHxW
 
-    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(eval_step), jax.jit(sample_step))
+    rep = run.replicated()
+    return Steps(jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep)), jax.jit(eval_step, out_shardings=rep),
+                 jax.jit(sample_step))
 
 
 @jax.jit
@@ -226,7 +244,7 @@ def _epoch_order(key: jax.Array, epoch: int, train_idx: jax.Array) -> jax.Array:
 def epoch_order(run: Run, epoch: int) -> jax.Array:
     """The training items of one epoch in their shuffled order: a function of (seed, epoch) only."""
     key = jax.random.fold_in(jax.random.key(run.cfg.seed), 2)
-    return _epoch_order(key, epoch, jnp.asarray(run.ds.splits["train"]))
+    return jax.device_put(_epoch_order(key, epoch, jnp.asarray(run.ds.splits["train"])), run.replicated())
 
 
 def score_split(run: Run, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
@@ -273,7 +291,8 @@ def restore_or_init(run: Run, mngr: ocp.CheckpointManager, workdir: Path) -> Tra
     state = create_state(run, initial_points(run))
     latest = mngr.latest_step()
     if latest is None:
-        outputs.write_shape(workdir, "initial", np.asarray(state.params["points"]), subfolders=False)
+        if jax.process_index() == 0:
+            outputs.write_shape(workdir, "initial", np.asarray(state.params["points"]), subfolders=False)
         return state
     try:
         restored = mngr.restore(latest, args=ocp.args.StandardRestore(state))
@@ -297,24 +316,28 @@ def _log_record(run: Run, step: int, acc: dict[str, jax.Array], n: int, images_p
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Train (or resume) the run a config describes, then (``train.report``) evaluate it against its ground
-    truth and write ``report.html``; everything goes under ``workdir``."""
+    truth and write ``report.html``; everything goes under ``workdir``. With several processes, each
+    trains its share of the global batch and only process 0 writes files (Orbax coordinates checkpoints)."""
     workdir = Path(workdir)
     run = setup(cfg)
+    primary = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     mngr = checkpoint_manager(workdir, cfg)
-    state = restore_or_init(run, mngr, workdir)
+    state = jax.device_put(restore_or_init(run, mngr, workdir), run.replicated())
     start = int(state.step)
-    outputs.write_json(workdir / "config.json", cfg.to_dict())
     metrics_log = outputs.MetricsLog(workdir / "metrics.jsonl")
-    metrics_log.truncate_after(start)
-    tb = outputs.TensorBoard(workdir / "tb", purge_step=start)
+    if primary:
+        outputs.write_json(workdir / "config.json", cfg.to_dict())
+        metrics_log.truncate_after(start)
+        tb = outputs.TensorBoard(workdir / "tb", purge_step=start)
     steps = make_steps(run)
-    tqdm.write(f"{len(run.ds.splits['train'])} training images, batch {run.batch_size}, "
-               f"{run.steps_per_epoch} steps per epoch, {run.total_steps} steps in all"
-               + (f", resuming at step {start}" if start else ""))
+    say = tqdm.write if primary else (lambda _: None)
+    say(f"{len(run.ds.splits['train'])} training images, batch {run.batch_size} over {run.mesh.size} device(s), "
+        f"{run.steps_per_epoch} steps per epoch, {run.total_steps} steps in all"
+        + (f", resuming at step {start}" if start else ""))
 
     bar = tqdm(total=run.total_steps * run.batch_size, initial=start * run.batch_size, unit="img",
-               unit_scale=True, dynamic_ncols=True, disable=None, desc="train")
+               unit_scale=True, dynamic_ncols=True, disable=None if primary else True, desc="train")
     order, order_epoch = None, -1
     acc, n_acc, t_last, images_last = None, 0, time.perf_counter(), 0
     for step in range(start, run.total_steps):
@@ -336,29 +359,33 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
                 raise InputError(None, f"training diverged: the loss is {record['train_loss']} at step {done}; "
                                        f"the last checkpoint (step {mngr.latest_step()}) is kept")
             record.update(score_split(run, steps, state))
-            metrics_log.append(record)
-            tb.write(record)
+            if primary:
+                metrics_log.append(record)
+                tb.write(record)
             bar.set_postfix(loss=f"{record['train_loss']:.4g}", sigma=f"{record['sigma_in']:.3g}",
                             img_s=f"{rate:.0f}")
             test = f"{record['test_loss']:.4g}" if "test_loss" in record else "-"
-            tqdm.write(f"step {done}/{run.total_steps} epoch {record['epoch']}: train loss "
-                       f"{record['train_loss']:.4g}, test loss {test}, sigma {record['sigma_in']:.3g} -> "
-                       f"{record['sigma_out']:.3g}, {rate:.0f} images/s")
+            say(f"step {done}/{run.total_steps} epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
+                f"test loss {test}, sigma {record['sigma_in']:.3g} -> {record['sigma_out']:.3g}, "
+                f"{rate:.0f} images/s")
             acc, n_acc, images_last = None, 0, 0
         if done % cfg.train.save_every == 0 or last:
             mngr.save(done, args=ocp.args.StandardSave(state))
-            epoch_done = (done - 1) // run.steps_per_epoch
-            outputs.write_shape(workdir, f"shape_e{epoch_done}_s{done}", np.asarray(state.params["points"]))
-            save_pictures(run, steps, state, workdir, metrics_log.read(), tb)
+            if primary:
+                epoch_done = (done - 1) // run.steps_per_epoch
+                outputs.write_shape(workdir, f"shape_e{epoch_done}_s{done}", np.asarray(state.params["points"]))
+                save_pictures(run, steps, state, workdir, metrics_log.read(), tb)
         if done % cfg.train.log_every == 0 or last:
             t_last = time.perf_counter()  # the rate excludes evaluation and saving
     bar.close()
     mngr.wait_until_finished()
+    if not primary:
+        return state
     if start < run.total_steps or not (workdir / "final.ply").exists():
         outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
     tb.close()
     if cfg.train.report:
         from holly_jax import evaluate as evaluation  # evaluation builds on this module
         evaluation.evaluate_state(run, state, workdir, quiet=True)
-        tqdm.write(f"report: {workdir / 'report.html'}")
+        say(f"report: {workdir / 'report.html'}")
     return state

@@ -1,0 +1,150 @@
+"""holly-jax benchmark: one command, figures printed and written as JSON for the machine it runs on.
+
+    python bench/run.py [--quick] [--json bench/results-<device>.json]
+
+Measures, in one process:
+- renderer images/s, separable against dense, forward and forward+backward (128x128, 230 points, batch 20);
+- training images/s at the original's headline settings (128x128, 230 points) for batch 20 and 32 (and 256
+  and 1024 on a GPU), with compile time and the share of the CNN's FLOPs the step achieves
+  (0.68 GFLOP per 128x128 image forward+backward, against the device's peak from its specification);
+- peak host memory and, where the backend reports it, peak device memory;
+- before/after ratios of the step's optimisations, each measured here against the variant without it:
+  donated state buffers, sigma as data (against sigma as a static argument, which recompiles as the
+  schedule moves), no host synchronisation per step, bfloat16 convolutions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import render as render_bench  # noqa: E402
+from configs import default  # noqa: E402
+from holly_jax import simulate, train  # noqa: E402
+
+CNN_GFLOP_PER_IMAGE = 0.68  # forward + backward at 128x128 (SPEC section 2)
+# Dense peak TFLOP/s from the vendors' specifications (float32 / bfloat16 tensor-core, no sparsity).
+GPU_PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0)}
+
+
+def device_peak_tflops(dtype: str) -> tuple[float, str]:
+    """Peak FLOP/s of the default device for a compute dtype, and where the figure comes from."""
+    kind = jax.devices()[0].device_kind
+    for name, (fp32, bf16) in GPU_PEAK_TFLOPS.items():
+        if name in kind:
+            return (bf16 if dtype == "bfloat16" else fp32), f"{name} specification"
+    # CPU: cores x clock x 32 float32 FLOP per cycle (two 8-wide AVX2 FMA units), an upper estimate
+    mhz = 0.0
+    try:
+        mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        pass
+    cores = os.cpu_count() or 1
+    return cores * (mhz or 2500.0) * 1e6 * 32 / 1e12, f"estimate: {cores} cores x {mhz or 2500:.0f} MHz x 32 FLOP"
+
+
+def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -> train.Run:
+    cfg = default.get_config()
+    cfg.data.object = str(Path(__file__).resolve().parents[1] / "objs" / "asymmetric.obj")
+    cfg.data.image_height = cfg.data.image_width = size
+    cfg.data.train_size = batch * 64
+    cfg.data.test_size = cfg.data.valid_size = 0
+    cfg.points.num = points
+    cfg.model.dtype = dtype
+    cfg.train.batch_size = batch
+    cfg.train.epochs = 1
+    return train.setup(cfg)
+
+
+def time_training(run: train.Run, steps: int, donate: bool = True, sync_each_step: bool = False) -> dict:
+    """Compile time and steady images/s of the jitted train step."""
+    state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
+    fns = train.make_steps(run)
+    step_fn = fns.train if donate else jax.jit(fns.train.__wrapped__)
+    order = train.epoch_order(run, 0)
+    start = time.perf_counter()
+    state, metrics = step_fn(state, run.ds.data, order)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, run.ds.data, order)
+        if sync_each_step:
+            float(metrics["train_loss"])
+    jax.block_until_ready(metrics)
+    return {"compile_s": compile_s, "images_per_s": steps * run.batch_size / (time.perf_counter() - start)}
+
+
+def time_sigma_schedule(run: train.Run, steps: int, static: bool) -> float:
+    """Images/s rendering targets while sigma changes every step: as data, or as a static argument."""
+    sim, opts, size, b = run.ds.data, run.ds.opts, run.ds.size, run.batch_size
+    idx = jnp.arange(b)
+    if static:
+        fn = jax.jit(lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size),
+                     static_argnums=0)
+    else:
+        fn = jax.jit(lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size))
+    sigmas = np.linspace(5.0, 1.0, steps + 1)
+    jax.block_until_ready(fn(float(sigmas[0])))
+    start = time.perf_counter()
+    for s in sigmas[1:]:
+        out = fn(float(s))
+    jax.block_until_ready(out)
+    return steps * b / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--json", help="write the figures here (default: bench/results-<device>.json)")
+    args = parser.parse_args()
+    steps = 5 if args.quick else 30
+    gpu = jax.default_backend() == "gpu"
+    dev = jax.devices()[0]
+    results: dict = {"device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
+                     "jax": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count()}
+
+    results["renderer"] = render_bench.measure(size=128, points=230, batch=20, seconds=0.5 if args.quick else 2.0)
+
+    results["training"] = {}
+    for batch in ((20, 32, 256, 1024) if gpu else (20, 32)):
+        run = training_setup(128, 230, batch)
+        figures = time_training(run, steps)
+        peak, source = device_peak_tflops("float32")
+        figures["cnn_flop_share"] = figures["images_per_s"] * CNN_GFLOP_PER_IMAGE * 1e9 / (peak * 1e12)
+        figures["peak_tflops"], figures["peak_source"] = peak, source
+        results["training"][f"batch_{batch}"] = figures
+
+    batch = 256 if gpu else 20
+    run = training_setup(128, 230, batch)
+    base = time_training(run, steps)["images_per_s"]
+    ratios = {"donated_state_vs_copied": base / time_training(run, steps, donate=False)["images_per_s"],
+              "no_host_sync_vs_sync_each_step": base / time_training(run, steps, sync_each_step=True)["images_per_s"],
+              "sigma_as_data_vs_static_recompiling": time_sigma_schedule(run, steps, static=False)
+              / time_sigma_schedule(run, min(steps, 8), static=True)}
+    bf16 = time_training(training_setup(128, 230, batch, "bfloat16"), steps)["images_per_s"]
+    ratios["bfloat16_convs_vs_float32"] = bf16 / base
+    results["optimisation_ratios"] = {"batch": batch, **ratios}
+
+    results["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    results["peak_device_memory_mb"] = (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None
+
+    print(json.dumps(results, indent=2))
+    path = Path(args.json or Path(__file__).parent / f"results-{dev.device_kind.replace(' ', '_')}.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
