@@ -71,14 +71,14 @@ def time_training(run: train.Run, steps: int, donate: bool = True, sync_each_ste
     state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
     fns = train.make_steps(run)
     step_fn = fns.train if donate else jax.jit(fns.train.__wrapped__)
-    order = train.epoch_order(run, 0)
+    batch = next(train.train_batches(run, 0))
     start = time.perf_counter()
-    state, metrics = step_fn(state, run.ds.data, order)
+    state, metrics = step_fn(state, run.ds.data, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, run.ds.data, order)
+        state, metrics = step_fn(state, run.ds.data, batch)
         if sync_each_step:
             float(metrics["train_loss"])
     jax.block_until_ready(metrics)

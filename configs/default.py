@@ -5,8 +5,13 @@
 
 Every other config imports this one and changes a few fields. Fields, grouped:
 
-data     where images come from. ``object``: the OBJ/PLY the simulated images
-         are drawn from (the original's --objpath). Sizes count base items;
+data     where images come from: ``source`` "simulated" or "fits".
+         ``object``: the OBJ/PLY the simulated images are drawn from (the
+         original's --objpath). ``path``: for "fits", a folder of FITS images
+         (blurred on the device at the schedule's sigma) or of one subfolder
+         per sigma of the schedule (``10.0``, ``10`` or ``08``), the
+         original's --fitspath; test and valid images are drawn from it and
+         train_size (0: all the rest) caps the training images. Sizes count base items;
          with ``num_aug`` > 1 each base item gives num_aug in-plane rotated
          images (the original's --aug --num-aug). ``allocation``: optional file
          of base-item indices per split (lines ``train: 0 5 ...``).
@@ -42,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.source = "simulated"
     config.data.object = "objs/asymmetric.obj"
+    config.data.path = ""
     config.data.image_height = 128
     config.data.image_width = 128
     config.data.train_size = 50000

@@ -1,6 +1,15 @@
-"""Training data from a config: the simulated table, its splits and the sigma list, checked up front."""
+"""Training data from a config, checked up front: simulated items, or real FITS image sets.
+
+Simulated data render their targets inside the jitted step from a table of
+items; a FITS data set hands the step batches of images gathered on the host
+(blurred inside the step at the schedule's sigma when the folder holds one set,
+or read from the folder of the schedule's current entry when it holds one
+subfolder per sigma).
+"""
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -8,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from holly_jax import pointfile, schedule, simulate
+from holly_jax import imagesets, pointfile, schedule, simulate
 from holly_jax.errors import InputError
 
 
@@ -19,11 +28,58 @@ class SimData(NamedTuple):
     sigmas_S: jax.Array
 
 
+class ImageData(NamedTuple):
+    """What the jitted step reads besides the batch of FITS images: the sigma list."""
+    sigmas_S: jax.Array
+
+
 class Dataset(NamedTuple):
-    data: SimData
-    splits: dict[str, np.ndarray]  # item indices per split
-    opts: simulate.SimOptions
+    data: SimData | ImageData
+    splits: dict[str, np.ndarray]  # item (or image) indices per split
+    opts: simulate.SimOptions | None
     size: tuple[int, int]
+    source: str = "simulated"
+    images: "ImageSource | None" = None
+
+
+SOURCES = ("simulated", "fits")
+
+
+class ImageSource:
+    """The FITS images for each schedule entry: one folder blurred on the device, or one folder per sigma.
+
+    Only the current entry's folder is held (memory-mapped when large); moving to an entry with another
+    folder loads it, and its usable images must be the same files as the first folder's.
+    """
+
+    def __init__(self, entry_folders: list[Path], blur: bool, size: tuple[int, int], cache_dir: Path | None):
+        self.entry_folders, self.blur, self.size, self.cache_dir = entry_folders, blur, size, cache_dir
+        self.loaded: dict[Path, imagesets.ImageSet] = {}  # at most two: the training and the evaluation entry
+        self.names: list[str] | None = None
+        self.skipped = 0
+        self.lock = threading.Lock()  # batches are gathered on a background thread
+        self.load(entry_folders[0])
+
+    def load(self, folder: Path) -> imagesets.ImageSet:
+        with self.lock:
+            if folder not in self.loaded:
+                loaded = imagesets.load_folder(folder, self.size, self.cache_dir)
+                names = [Path(f).name for f in loaded.files]
+                if self.names is not None and names != self.names:
+                    raise InputError(folder, f"its usable images differ from those in {self.entry_folders[0]} "
+                                             "(each sigma folder must hold the same images)")
+                self.names = names
+                self.skipped += len(loaded.skipped)
+                if len(self.loaded) >= 2:
+                    del self.loaded[next(iter(self.loaded))]
+                self.loaded[folder] = loaded
+            return self.loaded[folder]
+
+    def images_for_entry(self, entry: int) -> np.ndarray:
+        return self.load(self.entry_folders[entry]).images_NxHxW
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def sim_options(cfg: ml_collections.ConfigDict) -> simulate.SimOptions:
@@ -65,10 +121,12 @@ def check_batching(b: int, num_train: int, num_test: int) -> None:
         raise InputError(None, f"test set ({num_test} images) is larger than the training data ({num_train})")
 
 
-def load(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
-    """Build the simulated data set a config describes; every problem is an InputError."""
-    if cfg.data.source != "simulated":
-        raise InputError(None, f"config.data.source: unknown source {cfg.data.source!r}; expected 'simulated'")
+def load(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None = None) -> Dataset:
+    """Build the data set a config describes; every problem is an InputError."""
+    if cfg.data.source not in SOURCES:
+        raise InputError(None, f"config.data.source: unknown source {cfg.data.source!r}; expected one of {SOURCES}")
+    if cfg.data.source == "fits":
+        return load_fits(cfg, batch_size, cache_dir)
     if not cfg.data.object:
         raise InputError(None, "config.data.object is empty: give an OBJ or PLY file to simulate images from")
     gt = pointfile.read_points(cfg.data.object)
@@ -82,3 +140,45 @@ def load(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
     table = simulate.make_table_jit(k_table, sum(sizes.values()), opts)
     data = SimData(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
     return Dataset(data, splits, opts, image_size(cfg))
+
+
+def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None) -> Dataset:
+    """A FITS data set: ``data.path`` holds the images, or one subfolder per sigma of the schedule."""
+    if not cfg.data.path:
+        raise InputError(None, "config.data.path is empty: give the folder of FITS images")
+    path = Path(cfg.data.path)
+    if not path.is_dir():
+        raise InputError(path, "data folder not found")
+    sig = sigmas(cfg)
+    by_sigma = imagesets.sigma_folders(path)
+    if by_sigma:
+        if cfg.sigma.interpolate:
+            raise InputError(path, "holds one folder per sigma, so the schedule must be stepped: set "
+                                   "--config.sigma.interpolate=False")
+        entry_folders = []
+        for s in sig:
+            match = [f for value, f in by_sigma.items() if abs(value - float(s)) <= 1e-4 * max(1.0, float(s))]
+            if not match:
+                have = ", ".join(p.name for p in sorted(by_sigma.values()))
+                raise InputError(path, f"no folder for sigma {float(s):g} of the schedule (folders: {have})")
+            entry_folders.append(match[0])
+        source = ImageSource(entry_folders, blur=False, size=image_size(cfg), cache_dir=cache_dir)
+    else:
+        source = ImageSource([path] * len(sig), blur=True, size=image_size(cfg), cache_dir=cache_dir)
+    n = len(source)
+    n_test, n_valid = int(cfg.data.test_size), int(cfg.data.valid_size)
+    if n_test < 0 or n_valid < 0:
+        raise InputError(None, "config.data.test_size and valid_size must not be negative")
+    if n_test + n_valid >= n:
+        raise InputError(path, f"test set ({n_test} images) and validation set ({n_valid}) leave no training "
+                               f"images out of {n}")
+    n_train = n - n_test - n_valid
+    if cfg.data.train_size > 0:
+        n_train = min(n_train, int(cfg.data.train_size))
+    if batch_size <= 0 or batch_size > n_train:
+        raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training images")
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), 1), n))
+    splits = {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
+              "train": order[n_test + n_valid:n_test + n_valid + n_train]}
+    splits = {k: v.astype(np.int32) for k, v in splits.items()}
+    return Dataset(ImageData(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", source)

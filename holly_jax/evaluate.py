@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from holly_jax.atomic import write_atomic
-from holly_jax import metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
+from holly_jax import imagesets, metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
 from holly_jax.errors import InputError
 
 DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", "euler:45,30,60", "euler:180,0,0")
@@ -77,20 +77,26 @@ def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size:
                                           jnp.zeros((b, 2)), jnp.full((b,), sigma), size))
 
 
-def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Validation (else test) renders of the simulated data at ``sigma`` and their true rotations."""
+def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validation (else test) targets at ``sigma`` and, for simulated data, their true rotations."""
     idx = run.ds.splits["valid"] if len(run.ds.splits["valid"]) else run.ds.splits["test"]
     idx = np.asarray(idx[:limit])
     if len(idx) == 0:
-        return np.zeros((0, *run.ds.size), np.float32), np.zeros((0, 3, 3))
+        return np.zeros((0, *run.ds.size), np.float32), None
+    if run.ds.source != "simulated":
+        images = train.host_batch(run, idx, run.total_steps)
+        if run.ds.images.blur:
+            images = np.asarray(_blur(jnp.asarray(images), jnp.float32(sigma)))
+        return images, None
     sim = run.ds.data
     targets = _batched(lambda a, b: _render_targets(sim.gt_Nx3, sim.table, jnp.asarray(idx[a:b]),
-                                                            jnp.full((b - a,), sigma), run.ds.opts, run.ds.size),
+                                                    jnp.full((b - a,), sigma), run.ds.opts, run.ds.size),
                        len(idx), 64)
     R = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(sim.table.rotation_Mx3[jnp.asarray(idx)]))
     return targets, R
 
 
+_blur = jax.jit(imagesets.blur)
 _render_targets = jax.jit(simulate.render_targets, static_argnums=(4, 5))
 
 
@@ -117,29 +123,32 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
                    pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
     out = workdir / "eval"
     rotations_given = np.stack([poses.parse_pose(p) for p in pose_texts]) if pose_texts else np.zeros((0, 3, 3))
-    truth_path = truth or run.cfg.data.object
-    truth_Mx3 = pointfile.read_points(truth_path).astype(np.float64)
+    truth_path = truth or (run.cfg.data.object if run.ds.source == "simulated" else None)
+    truth_Mx3 = pointfile.read_points(truth_path).astype(np.float64) if truth_path else None
     learned = np.asarray(state.params["points"], np.float64)
     sigma = final_sigma(run)
     predictor = Predictor(run, state)
-    results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path), "sigma": sigma,
-                               "points": len(learned), "truth_points": len(truth_Mx3)}
+    results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path) if truth_path else None,
+                               "sigma": sigma, "points": len(learned)}
 
-    alignment = metrics.align(learned, truth_Mx3, seed=int(run.cfg.seed))
-    aligned = alignment.apply(learned)
-    results.update({"chamfer": alignment.chamfer, "hausdorff": metrics.hausdorff(aligned, truth_Mx3),
-                    "cloud_mirrored": bool(alignment.mirrored),
-                    "chamfer_unaligned": metrics.chamfer(learned, truth_Mx3)})
-    pointfile.write_points(out / "aligned.ply", aligned)
-    pointfile.write_points(out / "truth.ply", truth_Mx3)
-    plots.save_cloud_views(out / "cloud.png", aligned, truth_Mx3,
-                           title=f"learned (colour) aligned to the ground truth (grey): Chamfer {alignment.chamfer:.4f}")
+    if truth_Mx3 is not None:
+        alignment = metrics.align(learned, truth_Mx3, seed=int(run.cfg.seed))
+        aligned = alignment.apply(learned)
+        results.update({"truth_points": len(truth_Mx3), "chamfer": alignment.chamfer,
+                        "hausdorff": metrics.hausdorff(aligned, truth_Mx3), "cloud_mirrored": bool(alignment.mirrored),
+                        "chamfer_unaligned": metrics.chamfer(learned, truth_Mx3)})
+        pointfile.write_points(out / "aligned.ply", aligned)
+        pointfile.write_points(out / "truth.ply", truth_Mx3)
+        plots.save_cloud_views(out / "cloud.png", aligned, truth_Mx3, title="learned (colour) aligned to the ground "
+                               f"truth (grey): Chamfer {alignment.chamfer:.4f}")
+    else:
+        plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
 
     targets, R_true = held_out(run, sigma)
     if len(targets):
         pred = predictor(targets, sigma)
-        err = poses.rotation_error(R_true, pred.pose.R_Bx3x3)
-        results.update(err.summary())
+        if R_true is not None:
+            results.update(poses.rotation_error(R_true, pred.pose.R_Bx3x3).summary())
         results.update({"heldout_images": len(targets), "heldout_loss": float(np.mean(pred.loss_B)),
                         "heldout_sigma_out": float(np.mean(pred.sigma_B))})
         k = min(16, len(targets))
@@ -147,16 +156,17 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
         plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=_scale(run))
         plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=_scale(run))
 
-    if len(rotations_given):
+    if truth_Mx3 is not None and len(rotations_given):
         given = render_truth(truth_Mx3, rotations_given, sigma, run.ds.size)
         pred = predictor(given, sigma)
         plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=_scale(run))
         results["poses"] = [{"pose": text, "loss": float(l)} for text, l in zip(pose_texts, pred.loss_B)]
 
-    tour = tour_rotations(int(run.cfg.seed))
-    frames_in = render_truth(truth_Mx3, tour, sigma, run.ds.size)
-    frames_out = predictor(frames_in, sigma).images_BxHxW
-    plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=_scale(run))
+    if truth_Mx3 is not None:
+        tour = tour_rotations(int(run.cfg.seed))
+        frames_in = render_truth(truth_Mx3, tour, sigma, run.ds.size)
+        frames_out = predictor(frames_in, sigma).images_BxHxW
+        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=_scale(run))
 
     outputs.write_json(out / "metrics.json", results)
     write_report(workdir, results)

@@ -1,18 +1,21 @@
 """Training: one TrainState, the jitted train and eval steps, and the loop that checkpoints and writes outputs.
 
 The state holds the CNN parameters and batch statistics, the point cloud, the
-optax state, the step and the adaptive learning-rate scale. A step reads its
-batch from the epoch's shuffled order, renders the targets at the schedule's
+optax state, the step and the adaptive learning-rate scale. A step takes its
+batch (simulated item indices, or FITS images gathered on a background
+thread) from the epoch's shuffled order, makes the targets at the schedule's
 current sigma inside the jitted step (sigma is data, so the schedule never
 recompiles), runs the CNN, renders the points at the predicted poses and
-updates everything with AdamW. The loop only touches the host at log and
+updates everything with AdamW. The loop only waits on the device at log and
 save intervals.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from holly_jax import data, loss, model, outputs, plots, pointfile, points, render, schedule, simulate
+from holly_jax import data, imagesets, loss, model, outputs, plots, pointfile, points, render, schedule, simulate
 from holly_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -86,7 +89,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
 
 
-def setup(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
+def setup(cfg: ml_collections.ConfigDict, devices: list | None = None, cache_dir: Path | None = None) -> Run:
     """Check the config, load the data and fix the run's shape; the batch is split over ``devices``
     (default: all devices of all processes)."""
     check_config(cfg)
@@ -94,7 +97,7 @@ def setup(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
     b = int(cfg.train.batch_size) * jax.process_count()
     if b % mesh.size:
         raise InputError(None, f"batch size {b} does not split evenly over {mesh.size} devices")
-    ds = data.load(cfg, b)
+    ds = data.load(cfg, b, cache_dir)
     ds = ds._replace(data=jax.device_put(ds.data, NamedSharding(mesh, P())))
     spe = len(ds.splits["train"]) // b
     total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
@@ -187,21 +190,30 @@ def sigma_now(run: Run, sigmas_S: jax.Array, step: jax.Array) -> jax.Array:
 
 
 class Steps(NamedTuple):
-    train: Callable  # (state, data, order) -> (state, metrics)
-    evaluate: Callable  # (state, data, idx_B, valid_B) -> sums
-    sample: Callable  # (state, data, idx_B) -> (targets, predicted images), for pictures
+    train: Callable  # (state, data, batch) -> (state, metrics)
+    evaluate: Callable  # (state, data, batch, valid_B) -> sums
+    sample: Callable  # (state, data, batch) -> (targets, predicted images), for pictures
+
+
+def targets_for(run: Run, sim: data.SimData | data.ImageData, batch: jax.Array, sigma_in: jax.Array) -> jax.Array:
+    """A batch's target images: simulated items rendered at sigma_in, or FITS images (blurred when the data
+    folder holds one set)."""
+    if run.ds.source == "simulated":
+        return simulate.render_targets(sim.gt_Nx3, sim.table, batch, jnp.full(batch.shape, sigma_in), run.ds.opts,
+                                       run.ds.size)
+    return imagesets.blur(batch, sigma_in) if run.ds.images.blur else batch
 
 
 def make_steps(run: Run) -> Steps:
-    """The jitted train and eval steps, closing over the run's static settings."""
-    cfg, size, opts, b = run.cfg, run.ds.size, run.ds.opts, run.batch_size
+    """The jitted train and eval steps, closing over the run's static settings. Each takes a host batch
+    (item indices, or FITS images) split over the devices."""
+    cfg, b = run.cfg, run.batch_size
 
-    def train_step(state: TrainState, sim: data.SimData, order: jax.Array):
+    def train_step(state: TrainState, sim, batch: jax.Array):
         step = state.step
-        idx = jax.lax.dynamic_slice(order, ((step % run.steps_per_epoch) * b,), (b,))
-        idx = jax.lax.with_sharding_constraint(idx, run.batch_sharded())  # each device draws its share
+        batch = jax.lax.with_sharding_constraint(batch, run.batch_sharded())  # each device takes its share
         sigma_in = sigma_now(run, sim.sigmas_S, step)
-        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), sigma_in), opts, size)
+        targets = targets_for(run, sim, batch, sigma_in)
 
         def loss_fn(params):
             out = predict(run, params, state.batch_stats, targets, sigma_in, train=True)
@@ -218,17 +230,16 @@ def make_steps(run: Run) -> Steps:
                    "grad_norm": optax.global_norm(grads), "lr_scale": state.adapt.scale}
         return new_state, metrics
 
-    def eval_step(state: TrainState, sim: data.SimData, idx_B: jax.Array, valid_B: jax.Array):
-        idx_B = jax.lax.with_sharding_constraint(idx_B, run.batch_sharded())
+    def eval_step(state: TrainState, sim, batch: jax.Array, valid_B: jax.Array):
+        batch = jax.lax.with_sharding_constraint(batch, run.batch_sharded())
         sigma_in = sigma_now(run, sim.sigmas_S, state.step)
-        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
-        out = predict(run, state.params, state.batch_stats, targets, sigma_in)
+        out = predict(run, state.params, state.batch_stats, targets_for(run, sim, batch, sigma_in), sigma_in)
         return {"loss_sum": jnp.sum(out.loss_B * valid_B), "sigma_out_sum": jnp.sum(out.sigma_B * valid_B),
                 "count": jnp.sum(valid_B)}
 
-    def sample_step(state: TrainState, sim: data.SimData, idx_B: jax.Array):
+    def sample_step(state: TrainState, sim, batch: jax.Array):
         sigma_in = sigma_now(run, sim.sigmas_S, state.step)
-        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx_B, jnp.full(idx_B.shape, sigma_in), opts, size)
+        targets = targets_for(run, sim, batch, sigma_in)
         return targets, predict(run, state.params, state.batch_stats, targets, sigma_in).images_BxHxW
 
     rep = run.replicated()
@@ -236,15 +247,61 @@ def make_steps(run: Run) -> Steps:
                  jax.jit(sample_step))
 
 
-@jax.jit
-def _epoch_order(key: jax.Array, epoch: int, train_idx: jax.Array) -> jax.Array:
-    return train_idx[jax.random.permutation(jax.random.fold_in(key, epoch), train_idx.shape[0])]
-
-
-def epoch_order(run: Run, epoch: int) -> jax.Array:
+def epoch_order(run: Run, epoch: int) -> np.ndarray:
     """The training items of one epoch in their shuffled order: a function of (seed, epoch) only."""
-    key = jax.random.fold_in(jax.random.key(run.cfg.seed), 2)
-    return jax.device_put(_epoch_order(key, epoch, jnp.asarray(run.ds.splits["train"])), run.replicated())
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(run.cfg.seed), 2), epoch)
+    train_idx = run.ds.splits["train"]
+    return train_idx[np.asarray(jax.random.permutation(key, len(train_idx)))]
+
+
+def schedule_entry(run: Run, step: int) -> int:
+    """The index of the sigma-list entry the stepped schedule takes at ``step`` (as schedule.sigma_at)."""
+    last = int(run.ds.data.sigmas_S.shape[0]) - 1
+    total = max(run.total_steps, 1)
+    return min((min(max(step, 0), total) * last) // total, last)
+
+
+def host_batch(run: Run, items: np.ndarray, step: int) -> np.ndarray:
+    """What the step takes for these items at this step: the indices, or the FITS images themselves."""
+    if run.ds.source == "simulated":
+        return np.asarray(items, np.int32)
+    return np.asarray(run.ds.images.images_for_entry(schedule_entry(run, step))[np.asarray(items)])
+
+
+def train_batches(run: Run, start: int, prefetch: int = 2) -> Iterator[jax.Array]:
+    """Device batches for steps start, start + 1, ...: gathered on a background thread, ``prefetch`` ahead."""
+    def produce():
+        order, order_epoch = None, -1
+        for step in range(start, run.total_steps):
+            epoch = step // run.steps_per_epoch
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(run, epoch), epoch
+            items = order[(step % run.steps_per_epoch) * run.batch_size:][:run.batch_size]
+            yield jax.device_put(host_batch(run, items, step), run.batch_sharded())
+    return prefetched(produce(), prefetch)
+
+
+def prefetched(iterator: Iterator, depth: int) -> Iterator:
+    """Run an iterator on a daemon thread, ``depth`` items ahead; its exceptions surface in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in iterator:
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # hand the error to the consumer
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def score_split(run: Run, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
@@ -252,14 +309,14 @@ def score_split(run: Run, steps: Steps, state: TrainState, split: str = "test") 
     idx = run.ds.splits[split]
     if len(idx) == 0:
         return {}
-    b = run.batch_size
+    b, step = run.batch_size, int(state.step)
     pad = (-len(idx)) % b
     idx_p = np.concatenate([idx, np.full(pad, idx[0])]).astype(np.int32)
     valid = np.concatenate([np.ones(len(idx)), np.zeros(pad)]).astype(np.float32)
     sums = None
     for start in range(0, len(idx_p), b):
-        out = steps.evaluate(state, run.ds.data, jnp.asarray(idx_p[start:start + b]),
-                             jnp.asarray(valid[start:start + b]))
+        batch = jax.device_put(host_batch(run, idx_p[start:start + b], step), run.batch_sharded())
+        out = steps.evaluate(state, run.ds.data, batch, jnp.asarray(valid[start:start + b]))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     return {f"{split}_loss": float(sums["loss_sum"] / sums["count"]),
@@ -273,7 +330,8 @@ def save_pictures(run: Run, steps: Steps, state: TrainState, workdir: Path, reco
     step = int(state.step)
     plots.save_curves(folder / "curves.png", records)
     idx = run.ds.splits["test"] if len(run.ds.splits["test"]) else run.ds.splits["train"]
-    targets, images = jax.device_get(steps.sample(state, run.ds.data, jnp.asarray(idx[:8])))
+    batch = jnp.asarray(host_batch(run, idx[:8], step))
+    targets, images = jax.device_get(steps.sample(state, run.ds.data, batch))
     grid = plots.pairs(targets, images)
     plots.save_png(folder / "pairs.png", grid, scale=max(1, 128 // max(run.ds.size)))
     tb.image("inputs_outputs", grid, step)
@@ -319,7 +377,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
     truth and write ``report.html``; everything goes under ``workdir``. With several processes, each
     trains its share of the global batch and only process 0 writes files (Orbax coordinates checkpoints)."""
     workdir = Path(workdir)
-    run = setup(cfg)
+    run = setup(cfg, cache_dir=workdir / "cache")
     primary = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     mngr = checkpoint_manager(workdir, cfg)
@@ -338,13 +396,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
 
     bar = tqdm(total=run.total_steps * run.batch_size, initial=start * run.batch_size, unit="img",
                unit_scale=True, dynamic_ncols=True, disable=None if primary else True, desc="train")
-    order, order_epoch = None, -1
     acc, n_acc, t_last, images_last = None, 0, time.perf_counter(), 0
-    for step in range(start, run.total_steps):
-        epoch = step // run.steps_per_epoch
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(run, epoch), epoch
-        state, metrics = steps.train(state, run.ds.data, order)
+    for step, batch in zip(range(start, run.total_steps), train_batches(run, start)):
+        state, metrics = steps.train(state, run.ds.data, batch)
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
         n_acc += 1
         images_last += run.batch_size
@@ -379,6 +433,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
             t_last = time.perf_counter()  # the rate excludes evaluation and saving
     bar.close()
     mngr.wait_until_finished()
+    if run.ds.images is not None and run.ds.images.skipped:
+        say(f"warning: {run.ds.images.skipped} image(s) were skipped (listed above)")
     if not primary:
         return state
     if start < run.total_steps or not (workdir / "final.ply").exists():

@@ -18,9 +18,8 @@ from holly_jax import simulate, train  # noqa: E402
 STEPS = 3
 
 
-def first_gradient(run, state, order):
+def first_gradient(run, state, idx):
     """The gradient of the first step's loss, with the batch split as the train step splits it."""
-    idx = jax.device_put(order[:run.batch_size], run.batch_sharded())
     sim = run.ds.data
     sigma = train.sigma_now(run, sim.sigmas_S, 0)
 
@@ -38,11 +37,11 @@ def trained(devices):
     run = train.setup(cfg, devices)
     state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
     fns = train.make_steps(run)
-    order = train.epoch_order(run, 0)
-    grads = jax.device_get(first_gradient(run, state, order))
+    batch = next(train.train_batches(run, 0))
+    grads = jax.device_get(first_gradient(run, state, batch))
     losses = []
     for _ in range(STEPS):
-        state, m = fns.train(state, run.ds.data, order)
+        state, m = fns.train(state, run.ds.data, batch)
         losses.append(float(m["train_loss"]))
     return state, grads, losses, train.score_split(run, fns, state)["test_loss"], cfg.optim.lr
 
