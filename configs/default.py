@@ -11,7 +11,10 @@ data     where images come from: ``source`` "simulated" or "fits".
          (blurred on the device at the schedule's sigma) or of one subfolder
          per sigma of the schedule (``10.0``, ``10`` or ``08``), the
          original's --fitspath; test and valid images are drawn from it and
-         train_size (0: all the rest) caps the training images. Sizes count base items;
+         train_size (0: all the rest) caps the training images. For
+         "locs", ``path`` is a ThunderSTORM CSV or Picasso HDF5 file: each
+         particle (group) is drawn on the fly at ``pixel_nm`` nm per pixel,
+         centred and turned by a random in-plane angle. Sizes count base items;
          with ``num_aug`` > 1 each base item gives num_aug in-plane rotated
          images (the original's --aug --num-aug). ``allocation``: optional file
          of base-item indices per split (lines ``train: 0 5 ...``).
@@ -48,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.source = "simulated"
     config.data.object = "objs/asymmetric.obj"
     config.data.path = ""
+    config.data.pixel_nm = 10.0
     config.data.image_height = 128
     config.data.image_width = 128
     config.data.train_size = 50000

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from holly_jax import imagesets, pointfile, schedule, simulate
+from holly_jax import imagesets, locs, pointfile, render, rotations, schedule, simulate
 from holly_jax.errors import InputError
 
 
@@ -33,8 +33,16 @@ class ImageData(NamedTuple):
     sigmas_S: jax.Array
 
 
+class LocsData(NamedTuple):
+    """Particles from a localisation table, in object units (see ``load_locs``), for the jitted step."""
+    xy_PxLx2: jax.Array
+    mask_PxL: jax.Array
+    sigmas_S: jax.Array
+    key: jax.Array  # in-plane rotation angles derive from it, the step and the batch position
+
+
 class Dataset(NamedTuple):
-    data: SimData | ImageData
+    data: SimData | ImageData | LocsData
     splits: dict[str, np.ndarray]  # item (or image) indices per split
     opts: simulate.SimOptions | None
     size: tuple[int, int]
@@ -42,7 +50,7 @@ class Dataset(NamedTuple):
     images: "ImageSource | None" = None
 
 
-SOURCES = ("simulated", "fits")
+SOURCES = ("simulated", "fits", "locs")
 
 
 class ImageSource:
@@ -127,6 +135,8 @@ def load(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None
         raise InputError(None, f"config.data.source: unknown source {cfg.data.source!r}; expected one of {SOURCES}")
     if cfg.data.source == "fits":
         return load_fits(cfg, batch_size, cache_dir)
+    if cfg.data.source == "locs":
+        return load_locs(cfg, batch_size)
     if not cfg.data.object:
         raise InputError(None, "config.data.object is empty: give an OBJ or PLY file to simulate images from")
     gt = pointfile.read_points(cfg.data.object)
@@ -165,20 +175,52 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
         source = ImageSource(entry_folders, blur=False, size=image_size(cfg), cache_dir=cache_dir)
     else:
         source = ImageSource([path] * len(sig), blur=True, size=image_size(cfg), cache_dir=cache_dir)
-    n = len(source)
+    splits = real_splits(cfg, len(source), batch_size, path)
+    return Dataset(ImageData(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", source)
+
+
+def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source) -> dict[str, np.ndarray]:
+    """Test and validation items drawn from n real images or particles; training takes the rest
+    (at most ``data.train_size`` when positive)."""
     n_test, n_valid = int(cfg.data.test_size), int(cfg.data.valid_size)
     if n_test < 0 or n_valid < 0:
         raise InputError(None, "config.data.test_size and valid_size must not be negative")
     if n_test + n_valid >= n:
-        raise InputError(path, f"test set ({n_test} images) and validation set ({n_valid}) leave no training "
-                               f"images out of {n}")
+        raise InputError(source, f"test set ({n_test}) and validation set ({n_valid}) leave nothing to train on "
+                                 f"out of {n}")
     n_train = n - n_test - n_valid
     if cfg.data.train_size > 0:
         n_train = min(n_train, int(cfg.data.train_size))
     if batch_size <= 0 or batch_size > n_train:
-        raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training images")
+        raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training items")
     order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), 1), n))
     splits = {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
               "train": order[n_test + n_valid:n_test + n_valid + n_train]}
-    splits = {k: v.astype(np.int32) for k, v in splits.items()}
-    return Dataset(ImageData(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", source)
+    return {k: v.astype(np.int32) for k, v in splits.items()}
+
+
+def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
+    """Particles of a localisation file (``data.path``), drawn with ``data.pixel_nm`` nm per image pixel."""
+    if not cfg.data.path:
+        raise InputError(None, "config.data.path is empty: give a localisation file (.csv or .hdf5)")
+    if not cfg.data.pixel_nm > 0:
+        raise InputError(None, f"config.data.pixel_nm must be positive, got {cfg.data.pixel_nm}")
+    parts = locs.particles(locs.read(cfg.data.path), cfg.data.path)
+    h, w = image_size(cfg)
+    units_per_nm = 1.0 / (cfg.data.pixel_nm * h / 4.0)  # an object unit spans H/4 pixels (SPEC section 1)
+    data = LocsData(jnp.asarray(parts.xy_PxLx2 * units_per_nm), jnp.asarray(parts.mask_PxL),
+                    jnp.asarray(sigmas(cfg)), jax.random.fold_in(jax.random.key(cfg.seed), 3))
+    splits = real_splits(cfg, len(parts.groups), batch_size, cfg.data.path)
+    return Dataset(data, splits, None, (h, w), "locs")
+
+
+def render_particles(d: LocsData, idx_B: jax.Array, sigma: jax.Array, step: jax.Array,
+                     size: tuple[int, int]) -> jax.Array:
+    """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, slot)."""
+    b = idx_B.shape[0]
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(d.key, step), jnp.arange(b))
+    angles = jax.vmap(lambda k: jax.random.uniform(k, (), maxval=2 * jnp.pi))(keys)
+    R = jax.vmap(lambda a: rotations.quaternion_to_matrix(rotations.z_rotation_quaternion(a)))(angles)
+    xy = d.xy_PxLx2[idx_B]
+    points = jnp.concatenate([xy, jnp.zeros(xy.shape[:-1] + (1,), xy.dtype)], axis=-1)
+    return render.render_items(points, R, jnp.zeros((b, 2)), jnp.full((b,), sigma), d.mask_PxL[idx_B], size)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from holly_jax.atomic import write_atomic
-from holly_jax import imagesets, metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
+from holly_jax import data, imagesets, metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
 from holly_jax.errors import InputError
 
 DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", "euler:45,30,60", "euler:180,0,0")
@@ -83,7 +83,9 @@ def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarra
     idx = np.asarray(idx[:limit])
     if len(idx) == 0:
         return np.zeros((0, *run.ds.size), np.float32), None
-    if run.ds.source != "simulated":
+    if run.ds.source == "locs":
+        return np.asarray(_particles(run.ds.data, jnp.asarray(idx), jnp.float32(sigma), 0, run.ds.size)), None
+    if run.ds.source == "fits":
         images = train.host_batch(run, idx, run.total_steps)
         if run.ds.images.blur:
             images = np.asarray(_blur(jnp.asarray(images), jnp.float32(sigma)))
@@ -97,6 +99,7 @@ def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarra
 
 
 _blur = jax.jit(imagesets.blur)
+_particles = jax.jit(data.render_particles, static_argnums=4)
 _render_targets = jax.jit(simulate.render_targets, static_argnums=(4, 5))
 
 

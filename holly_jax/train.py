@@ -195,12 +195,14 @@ class Steps(NamedTuple):
     sample: Callable  # (state, data, batch) -> (targets, predicted images), for pictures
 
 
-def targets_for(run: Run, sim: data.SimData | data.ImageData, batch: jax.Array, sigma_in: jax.Array) -> jax.Array:
-    """A batch's target images: simulated items rendered at sigma_in, or FITS images (blurred when the data
-    folder holds one set)."""
+def targets_for(run: Run, sim: Any, batch: jax.Array, sigma_in: jax.Array, step: jax.Array) -> jax.Array:
+    """A batch's target images: simulated items or localisation particles drawn at sigma_in, or FITS images
+    (blurred when the data folder holds one set)."""
     if run.ds.source == "simulated":
         return simulate.render_targets(sim.gt_Nx3, sim.table, batch, jnp.full(batch.shape, sigma_in), run.ds.opts,
                                        run.ds.size)
+    if run.ds.source == "locs":
+        return data.render_particles(sim, batch, sigma_in, step, run.ds.size)
     return imagesets.blur(batch, sigma_in) if run.ds.images.blur else batch
 
 
@@ -213,7 +215,7 @@ def make_steps(run: Run) -> Steps:
         step = state.step
         batch = jax.lax.with_sharding_constraint(batch, run.batch_sharded())  # each device takes its share
         sigma_in = sigma_now(run, sim.sigmas_S, step)
-        targets = targets_for(run, sim, batch, sigma_in)
+        targets = targets_for(run, sim, batch, sigma_in, step)
 
         def loss_fn(params):
             out = predict(run, params, state.batch_stats, targets, sigma_in, train=True)
@@ -233,13 +235,14 @@ def make_steps(run: Run) -> Steps:
     def eval_step(state: TrainState, sim, batch: jax.Array, valid_B: jax.Array):
         batch = jax.lax.with_sharding_constraint(batch, run.batch_sharded())
         sigma_in = sigma_now(run, sim.sigmas_S, state.step)
-        out = predict(run, state.params, state.batch_stats, targets_for(run, sim, batch, sigma_in), sigma_in)
+        out = predict(run, state.params, state.batch_stats, targets_for(run, sim, batch, sigma_in, state.step),
+                      sigma_in)
         return {"loss_sum": jnp.sum(out.loss_B * valid_B), "sigma_out_sum": jnp.sum(out.sigma_B * valid_B),
                 "count": jnp.sum(valid_B)}
 
     def sample_step(state: TrainState, sim, batch: jax.Array):
         sigma_in = sigma_now(run, sim.sigmas_S, state.step)
-        targets = targets_for(run, sim, batch, sigma_in)
+        targets = targets_for(run, sim, batch, sigma_in, state.step)
         return targets, predict(run, state.params, state.batch_stats, targets, sigma_in).images_BxHxW
 
     rep = run.replicated()
@@ -263,7 +266,7 @@ def schedule_entry(run: Run, step: int) -> int:
 
 def host_batch(run: Run, items: np.ndarray, step: int) -> np.ndarray:
     """What the step takes for these items at this step: the indices, or the FITS images themselves."""
-    if run.ds.source == "simulated":
+    if run.ds.source != "fits":
         return np.asarray(items, np.int32)
     return np.asarray(run.ds.images.images_for_entry(schedule_entry(run, step))[np.asarray(items)])
 

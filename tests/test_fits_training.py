@@ -113,7 +113,7 @@ def test_fits_bad_input(tmp_path, case):
     elif case == "test_too_large":
         _images(data, 4, 0.0)
         args.append("--config.data.test_size=4")
-        problem = "leave no training images out of 4"
+        problem = "leave nothing to train on out of 4"
     else:
         _images(data, 8, 0.0)
         (data / "img003.fits").write_bytes(b"garbage")
