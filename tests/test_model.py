@@ -73,3 +73,13 @@ def test_batchnorm_statistics_update_only_in_training():
     np.testing.assert_allclose(after, 0.9 * before + 0.1 * conv1_out.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
     _, frozen = net.apply(variables, x, train=False, mutable=["batch_stats"])
     np.testing.assert_array_equal(np.asarray(frozen["batch_stats"]["conv1_bn"]["mean"]), before)
+
+
+def test_bfloat16_option_runs_convolutions_in_bfloat16_and_heads_in_float32():
+    net = model.HollyNet(dtype=jnp.bfloat16)
+    x = jax.random.uniform(jax.random.key(3), (2, 32, 32))
+    variables = net.init(jax.random.key(0), x, train=False)
+    assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32  # parameters stay float32
+    pose, state = net.apply(variables, x, train=False, mutable=["intermediates"], capture_intermediates=True)
+    assert state["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
+    assert pose.R_Bx3x3.dtype == jnp.float32 and pose.t_Bx2.dtype == jnp.float32

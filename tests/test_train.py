@@ -132,6 +132,7 @@ def test_same_seed_same_run_and_resume_after_sigkill(tmp_path):
     for x, y in zip(jax.tree.leaves(a.params["net"]), jax.tree.leaves(b.params["net"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "killed" / "final.ply").read_bytes()
+    assert sorted(int(p.name) for p in (tmp_path / "whole" / "checkpoints").iterdir()) == [32, 40, 48]  # keep 3
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) == list(range(8, 49, 8))  # no step logged twice across the kill
 
