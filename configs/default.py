@@ -19,7 +19,9 @@ data     where images come from: ``source`` "simulated" or "fits".
          images (the original's --aug --num-aug). ``allocation``: optional file
          of base-item indices per split (lines ``train: 0 5 ...``).
 model    the pose network: ``predict_sigma`` (else the schedule's sigma is
-         used), ``rotation`` head ("axis_angle" or "6d"), ``dtype``.
+         used), ``rotation`` head ("axis_angle" or "6d"), ``dtype``;
+         ``num_heads`` K > 1 predicts K pose hypotheses per image and trains
+         only the best (winner takes all); 1 is the original.
 points   the learned cloud: ``num`` points, ``init`` ("uniform", "spot",
          "poisson"); ``fixed``: a point file held fixed, which trains the
          network alone (the original's pose-only mode).
@@ -71,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.predict_sigma = False
     config.model.rotation = "axis_angle"
     config.model.dtype = "float32"
+    config.model.num_heads = 1
 
     # Learned points
     config.points = ml_collections.ConfigDict()

@@ -48,11 +48,16 @@ def spatial_size(size: int) -> int:
 
 
 class HollyNet(nn.Module):
-    """Image B x H x W -> Pose. ``predict_sigma`` adds the softplus-clamped sigma head."""
+    """Image B x H x W -> Pose. ``predict_sigma`` adds the softplus-clamped sigma head.
+
+    With ``num_heads`` K > 1 the last layer gives K pose hypotheses per image and every field of the
+    Pose gains an axis after the batch (B x K x ...); K = 1 is the original network.
+    """
     predict_sigma: bool = True
     rotation: str = "axis_angle"
     max_trans: float = 0.1
     dtype: Any = jnp.float32  # compute dtype of the convolutions and dense layers
+    num_heads: int = 1
 
     @nn.compact
     def __call__(self, images_BxHxW: jax.Array, train: bool) -> Pose:
@@ -72,9 +77,13 @@ class HollyNet(nn.Module):
                                    bias_init=nn.initializers.constant(_BIAS_INIT), name="fc1")(x), 0.01)
         n_rot = ROTATION_HEADS[self.rotation]
         n_out = n_rot + 2 + int(self.predict_sigma)
-        out = nn.Dense(n_out, dtype=jnp.float32, kernel_init=nn.initializers.xavier_uniform(),
+        out = nn.Dense(n_out * self.num_heads, dtype=jnp.float32, kernel_init=nn.initializers.xavier_uniform(),
                        bias_init=nn.initializers.constant(_BIAS_INIT), name="fc2")(x).astype(jnp.float32)
-        return decode_heads(out, self.rotation, self.max_trans, self.predict_sigma)
+        if self.num_heads == 1:
+            return decode_heads(out, self.rotation, self.max_trans, self.predict_sigma)
+        out = out.reshape(out.shape[0], self.num_heads, n_out)  # head k reads columns k*n_out ... (k+1)*n_out-1
+        return jax.vmap(decode_heads, in_axes=(1, None, None, None), out_axes=1)(
+            out, self.rotation, self.max_trans, self.predict_sigma)
 
 
 def decode_heads(out_BxK: jax.Array, rotation: str, max_trans: float, predict_sigma: bool) -> Pose:

@@ -101,8 +101,11 @@ def setup(cfg: ml_collections.ConfigDict, devices: list | None = None, cache_dir
     ds = ds._replace(data=jax.device_put(ds.data, NamedSharding(mesh, P())))
     spe = len(ds.splits["train"]) // b
     total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
+    if cfg.model.num_heads < 1:
+        raise InputError(None, f"config.model.num_heads must be at least 1, got {cfg.model.num_heads}")
     net = model.HollyNet(predict_sigma=bool(cfg.model.predict_sigma), rotation=cfg.model.rotation,
-                         max_trans=float(cfg.data.max_trans), dtype=DTYPES[cfg.model.dtype])
+                         max_trans=float(cfg.data.max_trans), dtype=DTYPES[cfg.model.dtype],
+                         num_heads=int(cfg.model.num_heads))
     return Run(cfg, ds, net, b, spe, total, bool(cfg.points.fixed), mesh)
 
 
@@ -161,16 +164,21 @@ def adapt_update(a: AdaptState, points_Nx3: jax.Array, step: jax.Array, cfg: ml_
 
 
 class Prediction(NamedTuple):
-    loss_B: jax.Array  # per-image L1 after normalisation
-    pose: model.Pose
+    loss_B: jax.Array  # per-image L1 after normalisation (of the winning hypothesis)
+    pose: model.Pose  # the winning hypothesis per image
     sigma_B: jax.Array  # the sigma the points were drawn with
     images_BxHxW: jax.Array  # the points drawn at the predicted poses
     batch_stats: Any  # updated statistics (training) or None
+    head_B: jax.Array  # the winning head per image (0 with one head)
 
 
 def predict(run: Run, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array,
             train: bool = False) -> Prediction:
-    """The network's poses for target images and the learned points drawn at them, scored against the targets."""
+    """The network's poses for target images and the learned points drawn at them, scored against the targets.
+
+    With K pose heads every hypothesis is drawn and scored, and each image keeps its best (winner takes
+    all): the loss, and so the gradient, reaches only the winning head.
+    """
     mode = run.cfg.train.normalise
     variables = {"params": params["net"], "batch_stats": batch_stats}
     inputs = loss.normalise(targets_BxHxW, mode)
@@ -179,9 +187,19 @@ def predict(run: Run, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, s
         new_stats = updates["batch_stats"]
     else:
         pose, new_stats = run.net.apply(variables, inputs, train=False), None
-    sigma_B = pose.sigma_B if run.net.predict_sigma else jnp.full((inputs.shape[0],), sigma_in)
-    images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma_B, run.ds.size)
-    return Prediction(loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma_B, images, new_stats)
+    b, k = inputs.shape[0], run.net.num_heads
+    sigma = pose.sigma_B if run.net.predict_sigma else jnp.full(pose.t_Bx2.shape[:-1], sigma_in)
+    if k == 1:
+        images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma, run.ds.size)
+        return Prediction(loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats,
+                          jnp.zeros((b,), jnp.int32))
+    images = render.render_poses(params["points"], pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2),
+                                 sigma.reshape(b * k), run.ds.size).reshape(b, k, *run.ds.size)
+    loss_BxK = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
+    head = jnp.argmin(loss_BxK, axis=1)
+    best = lambda x: jnp.take_along_axis(x, head.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+    pose = model.Pose(*(None if f is None else best(f) for f in pose))
+    return Prediction(best(loss_BxK), pose, best(sigma), best(images), new_stats, head)
 
 
 def sigma_now(run: Run, sigmas_S: jax.Array, step: jax.Array) -> jax.Array:
@@ -219,9 +237,9 @@ def make_steps(run: Run) -> Steps:
 
         def loss_fn(params):
             out = predict(run, params, state.batch_stats, targets, sigma_in, train=True)
-            return jnp.sum(out.loss_B), (out.sigma_B, out.batch_stats)
+            return jnp.sum(out.loss_B), (out.sigma_B, out.batch_stats, out.head_B)
 
-        (total, (sigma_out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (total, (sigma_out, batch_stats, head)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         deltas, opt_state = state.tx.update(grads, state.opt_state, state.params)
         deltas = jax.tree.map(lambda d: d * state.adapt.scale, deltas)
         params = optax.apply_updates(state.params, deltas)
@@ -230,6 +248,8 @@ def make_steps(run: Run) -> Steps:
                                   batch_stats=batch_stats, adapt=adapt)
         metrics = {"train_loss": total / b, "sigma_in": sigma_in, "sigma_out": jnp.mean(sigma_out),
                    "grad_norm": optax.global_norm(grads), "lr_scale": state.adapt.scale}
+        if run.net.num_heads > 1:  # how often each head wins
+            metrics.update({f"head{k}_wins": jnp.mean(head == k) for k in range(run.net.num_heads)})
         return new_state, metrics
 
     def eval_step(state: TrainState, sim, batch: jax.Array, valid_B: jax.Array):
