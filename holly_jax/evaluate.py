@@ -155,31 +155,27 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
         results.update({"heldout_images": len(targets), "heldout_loss": float(np.mean(pred.loss_B)),
                         "heldout_sigma_out": float(np.mean(pred.sigma_B))})
         k = min(16, len(targets))
-        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=_scale(run))
-        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=_scale(run))
-        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=_scale(run))
+        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(run.ds.size))
+        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=plots.enlargement(run.ds.size))
+        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(run.ds.size))
 
     if truth_Mx3 is not None and len(rotations_given):
         given = render_truth(truth_Mx3, rotations_given, sigma, run.ds.size)
         pred = predictor(given, sigma)
-        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=_scale(run))
+        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=plots.enlargement(run.ds.size))
         results["poses"] = [{"pose": text, "loss": float(l)} for text, l in zip(pose_texts, pred.loss_B)]
 
     if truth_Mx3 is not None:
         tour = tour_rotations(int(run.cfg.seed))
         frames_in = render_truth(truth_Mx3, tour, sigma, run.ds.size)
         frames_out = predictor(frames_in, sigma).images_BxHxW
-        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=_scale(run))
+        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(run.ds.size))
 
     outputs.write_json(out / "metrics.json", results)
     write_report(workdir, results)
     if not quiet:
         print(format_table(results))
     return results
-
-
-def _scale(run: train.Run) -> int:
-    return max(1, 128 // max(run.ds.size))
 
 
 def format_table(results: dict[str, Any]) -> str:

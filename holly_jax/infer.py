@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from holly_jax import evaluate, fits, loss, outputs, plots, pointfile, poses, render
+from holly_jax import evaluate, fits, imagesets, loss, outputs, plots, pointfile, poses, render
 from holly_jax.errors import InputError
 
 
@@ -19,7 +19,7 @@ def fits_files(path: str | Path) -> list[Path]:
     """One FITS file, or the FITS files of a folder in name order."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".fits", ".fit", ".fts"))
+        files = imagesets.fits_in(path)
         if not files:
             raise InputError(path, "folder has no FITS images (.fits, .fit, .fts)")
         return files
@@ -56,7 +56,7 @@ def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = 
                         "loss": float(pred.loss_B[i])})
         fits.write_image(out / f"{f.stem}_guess.fits", pred.images_BxHxW[i], {"SIGMA": float(pred.sigma_B[i])})
         pair = plots.side_by_side(images[i][None], pred.images_BxHxW[i][None])[0]
-        plots.save_png(out / f"{f.stem}.png", pair, scale=max(1, 128 // max(run.ds.size)))
+        plots.save_png(out / f"{f.stem}.png", pair, scale=plots.enlargement(run.ds.size))
     outputs.write_json(out / "infer.json", results)
     if not quiet:
         for r in results:

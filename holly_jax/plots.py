@@ -56,6 +56,11 @@ def pairs(inputs_BxHxW: np.ndarray, outputs_BxHxW: np.ndarray, cols: int = 4) ->
     return montage(tiles, cols=min(cols, len(tiles)), gap=4)
 
 
+def enlargement(size: tuple[int, int]) -> int:
+    """How many times to enlarge images of this size so that they show at about 128 pixels."""
+    return max(1, 128 // max(size))
+
+
 def save_png(path: PathLike, image: np.ndarray, scale: int = 1) -> None:
     """A grey image (uint8, or float scaled to its maximum) as PNG, enlarged ``scale`` times."""
     image = np.asarray(image)

@@ -356,7 +356,7 @@ def save_pictures(run: Run, steps: Steps, state: TrainState, workdir: Path, reco
     batch = jnp.asarray(host_batch(run, idx[:8], step))
     targets, images = jax.device_get(steps.sample(state, run.ds.data, batch))
     grid = plots.pairs(targets, images)
-    plots.save_png(folder / "pairs.png", grid, scale=max(1, 128 // max(run.ds.size)))
+    plots.save_png(folder / "pairs.png", grid, scale=plots.enlargement(run.ds.size))
     tb.image("inputs_outputs", grid, step)
     plots.save_cloud_views(folder / "cloud.png", np.asarray(state.params["points"]), title=f"step {step}")
 

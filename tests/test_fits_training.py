@@ -85,7 +85,7 @@ def test_sigma_folders_switch_as_the_schedule_moves(tmp_path):
     np.testing.assert_array_equal(train.host_batch(run, items, 0), first)  # position 0 of the list: sigma 3
     np.testing.assert_array_equal(train.host_batch(run, items, 3), first)  # position 0.75: still entry 0
     np.testing.assert_array_equal(train.host_batch(run, items, 4), second)  # the end: sigma 1.5
-    state = train.train_and_evaluate(cfg, tmp_path / "run")
+    train.train_and_evaluate(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["sigma_in"] for r in records] == [3.0, 3.0]
 
