@@ -39,6 +39,13 @@ train    ``batch_size``, ``epochs`` (or ``steps`` > 0 to override), the
          intervals (in steps) for logging + test loss, and for checkpoints +
          point files + pictures; ``report``: evaluate at the end and write
          report.html.
+refine   per-image pose refinement after training (auto-decoding):
+         ``steps`` > 0 starts a table of poses for the first ``images``
+         training images (0: all) from the network's best hypothesis, and
+         optimises it with the points for ``steps`` steps of ``batch_size``
+         images (0: the training batch) at the schedule's final sigma;
+         ``lr`` for the poses (rotation vectors and translations), ``plr``
+         for the points (unset: optim.plr, else optim.lr).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -111,4 +118,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.save_every = 1000
     config.train.max_to_keep = 3
     config.train.report = True
+
+    # Per-image pose refinement after training (0 steps: none, the original)
+    config.refine = ml_collections.ConfigDict()
+    config.refine.steps = 0
+    config.refine.images = 0
+    config.refine.batch_size = 0
+    config.refine.lr = 3e-3
+    config.refine.plr = config_dict.placeholder(float)
     return config

@@ -216,9 +216,10 @@ def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
 
 def render_particles(d: LocsData, idx_B: jax.Array, sigma: jax.Array, step: jax.Array,
                      size: tuple[int, int]) -> jax.Array:
-    """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, slot)."""
+    """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, particle):
+    the same particle at the same step is the same image."""
     b = idx_B.shape[0]
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(d.key, step), jnp.arange(b))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(d.key, step), idx_B)
     angles = jax.vmap(lambda k: jax.random.uniform(k, (), maxval=2 * jnp.pi))(keys)
     R = jax.vmap(lambda a: rotations.quaternion_to_matrix(rotations.z_rotation_quaternion(a)))(angles)
     xy = d.xy_PxLx2[idx_B]

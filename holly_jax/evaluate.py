@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 
 from holly_jax.atomic import write_atomic
-from holly_jax import data, imagesets, metrics, outputs, plots, pointfile, poses, render, rotations, simulate, train
+from holly_jax import (data, imagesets, metrics, outputs, plots, pointfile, poses, refine, render, rotations,
+                       simulate, train)
 from holly_jax.errors import InputError
 
 DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", "euler:45,30,60", "euler:180,0,0")
@@ -31,14 +32,25 @@ def load_run(workdir: str | Path) -> tuple[train.Run, train.TrainState]:
     if not config_path.exists():
         raise InputError(config_path, "not found: is this a holly-jax workdir?")
     try:
-        cfg = ml_collections.ConfigDict(json.loads(config_path.read_text(encoding="utf-8")))
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(config_path, f"not a readable config ({e.__class__.__name__})") from None
+    cfg = with_defaults(saved)
     run = train.setup(cfg)
     mngr = train.checkpoint_manager(workdir, cfg)
     if mngr.latest_step() is None:
         raise InputError(workdir / "checkpoints", "no checkpoint to evaluate")
     return run, train.restore_or_init(run, mngr, workdir)
+
+
+def with_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A saved config over today's defaults, so runs from before a field existed still load."""
+    from configs import default
+
+    def merge(base: dict, over: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in over.items()}}
+    return ml_collections.ConfigDict(merge(default.get_config().to_dict(), saved))
 
 
 def final_sigma(run: train.Run) -> float:
@@ -80,7 +92,16 @@ def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size:
 def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
     """Validation (else test) targets at ``sigma`` and, for simulated data, their true rotations."""
     idx = run.ds.splits["valid"] if len(run.ds.splits["valid"]) else run.ds.splits["test"]
-    idx = np.asarray(idx[:limit])
+    return images_of(run, np.asarray(idx[:limit]), sigma)
+
+
+def true_rotations(run: train.Run, idx: np.ndarray) -> np.ndarray:
+    """The rotations simulated items were drawn at."""
+    return np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(run.ds.data.table.rotation_Mx3[jnp.asarray(idx)]))
+
+
+def images_of(run: train.Run, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Items' target images at ``sigma`` and, for simulated data, their true rotations."""
     if len(idx) == 0:
         return np.zeros((0, *run.ds.size), np.float32), None
     if run.ds.source == "locs":
@@ -94,8 +115,7 @@ def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarra
     targets = _batched(lambda a, b: _render_targets(sim.gt_Nx3, sim.table, jnp.asarray(idx[a:b]),
                                                     jnp.full((b - a,), sigma), run.ds.opts, run.ds.size),
                        len(idx), 64)
-    R = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(sim.table.rotation_Mx3[jnp.asarray(idx)]))
-    return targets, R
+    return targets, true_rotations(run, idx)
 
 
 _blur = jax.jit(imagesets.blur)
@@ -117,13 +137,35 @@ def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.nd
 
 def evaluate(workdir: str | Path, truth: str | Path | None = None,
              pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
-    """Evaluate the latest checkpoint of a run; see the module docstring for what is written."""
+    """Evaluate the latest checkpoint of a run (with its refined points and poses, if it was refined); see
+    the module docstring for what is written."""
     run, state = load_run(workdir)
-    return evaluate_state(run, state, Path(workdir), truth, pose_texts, quiet)
+    refined = refine.load(workdir, run, state)
+    return evaluate_state(run, refine.with_points(state, refined), Path(workdir), truth, pose_texts, quiet, refined)
+
+
+def pose_errors(run: train.Run, predictor: Predictor, sigma: float, refined: refine.RefineState | None = None,
+                limit: int = 1000) -> dict[str, Any]:
+    """Rotation errors on the first ``limit`` training images (simulated data): the network's ("train_")
+    and, after refinement, the pose table's ("refined_"), on the same images."""
+    if run.ds.source != "simulated":
+        return {}
+    idx = np.asarray(run.ds.splits["train"][:limit])
+    if refined is not None:
+        idx = idx[:len(refined.items_M)]  # the table's rows are the first training images
+    targets, R_true = images_of(run, idx, sigma)
+    results = {"train_images": len(idx)}
+    results.update({f"train_{k}": v for k, v in poses.rotation_error(R_true, predictor(targets, sigma).pose.R_Bx3x3)
+                   .summary().items()})
+    if refined is not None:
+        R_table = np.asarray(refine.rotations_of(refined))[:len(idx)]
+        results.update({f"refined_{k}": v for k, v in poses.rotation_error(R_true, R_table).summary().items()})
+    return results
 
 
 def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth: str | Path | None = None,
-                   pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
+                   pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False,
+                   refined: refine.RefineState | None = None) -> dict[str, Any]:
     out = workdir / "eval"
     rotations_given = np.stack([poses.parse_pose(p) for p in pose_texts]) if pose_texts else np.zeros((0, 3, 3))
     truth_path = truth or (run.cfg.data.object if run.ds.source == "simulated" else None)
@@ -158,6 +200,8 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
         plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(run.ds.size))
         plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=plots.enlargement(run.ds.size))
         plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(run.ds.size))
+
+    results.update(pose_errors(run, predictor, sigma, refined))
 
     if truth_Mx3 is not None and len(rotations_given):
         given = render_truth(truth_Mx3, rotations_given, sigma, run.ds.size)

@@ -87,6 +87,13 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise InputError(None, f"config.optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
     if cfg.optim.adapt and cfg.optim.pinterval <= 0:
         raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
+    for name in ("steps", "images", "batch_size"):
+        if cfg.refine[name] < 0:
+            raise InputError(None, f"config.refine.{name} must not be negative, got {cfg.refine[name]}")
+    for name in ("lr", "plr"):
+        value = cfg.refine[name]
+        if value is not None and not value > 0:
+            raise InputError(None, f"config.refine.{name} must be positive, got {value}")
 
 
 def setup(cfg: ml_collections.ConfigDict, devices: list | None = None, cache_dir: Path | None = None) -> Run:
@@ -406,11 +413,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
     mngr = checkpoint_manager(workdir, cfg)
     state = jax.device_put(restore_or_init(run, mngr, workdir), run.replicated())
     start = int(state.step)
+    refined = None
+    if cfg.refine.steps > 0:
+        from holly_jax import refine  # refinement builds on this module
+        if start == run.total_steps:  # the amortised phase is done: resume the refinement, if it began
+            refined = refine.load(workdir, run, state)
+    logged = start + (0 if refined is None else int(refined.step))
     metrics_log = outputs.MetricsLog(workdir / "metrics.jsonl")
     if primary:
         outputs.write_json(workdir / "config.json", cfg.to_dict())
-        metrics_log.truncate_after(start)
-        tb = outputs.TensorBoard(workdir / "tb", purge_step=start)
+        metrics_log.truncate_after(logged)
+        tb = outputs.TensorBoard(workdir / "tb", purge_step=logged)
     steps = make_steps(run)
     say = tqdm.write if primary else (lambda _: None)
     say(f"{len(run.ds.splits['train'])} training images, batch {run.batch_size} over {run.mesh.size} device(s), "
@@ -456,15 +469,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> T
             t_last = time.perf_counter()  # the rate excludes evaluation and saving
     bar.close()
     mngr.wait_until_finished()
+    if cfg.refine.steps > 0:
+        refined = refine.run_phase(run, state, workdir, metrics_log if primary else None, tb if primary else None,
+                                   say, primary, refined)
+        state = refine.with_points(state, refined)
     if run.ds.images is not None and run.ds.images.skipped:
         say(f"warning: {run.ds.images.skipped} image(s) were skipped (listed above)")
     if not primary:
         return state
-    if start < run.total_steps or not (workdir / "final.ply").exists():
-        outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
+    outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
     tb.close()
     if cfg.train.report:
         from holly_jax import evaluate as evaluation  # evaluation builds on this module
-        evaluation.evaluate_state(run, state, workdir, quiet=True)
+        evaluation.evaluate_state(run, state, workdir, quiet=True, refined=refined)
         say(f"report: {workdir / 'report.html'}")
     return state

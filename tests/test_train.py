@@ -145,6 +145,7 @@ def test_same_seed_same_run_and_resume_after_sigkill(tmp_path):
     (["--config.data.test_size=100"], "test set (100 images) is larger than the training data (64)"),
     (["--config.sigma.list=3,0,1"], "sigma entry 2 must be positive"),
     (["--config.sigma.file={bad_sigma}"], "bad_sigma.csv: sigma entry 1 must be positive"),
+    (["--config.refine.lr=0"], "config.refine.lr must be positive, got 0"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, overrides, problem):
     (tmp_path / "empty.obj").write_text("# nothing here\nf 1 2 3\n")

@@ -1,0 +1,148 @@
+"""Per-image pose refinement: sparse per-row Adam, only the batch's rows move, poses converge, runs resume."""
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tiny
+from holly_jax import evaluate, refine, rotations, train
+from test_fits_training import _fits_config, _images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+    cfg = tiny.get_config()
+    cfg.data.object = str(REPO / "objs" / "asymmetric.obj")
+    cfg.refine.steps, cfg.refine.images, cfg.refine.batch_size = 12, 32, 8
+    for dotted, value in overrides.items():
+        section, field = dotted.split(".")
+        cfg[section][field] = value
+    return cfg
+
+
+def _start(cfg):
+    run = train.setup(cfg)
+    state = train.create_state(run, train.initial_points(run))
+    ph = refine.phase(run)
+    return run, state, ph, refine.initial_state(run, state, ph)
+
+
+def test_sparse_adam_matches_optax_adam_row_by_row():
+    cfg = _config()
+    rng = np.random.default_rng(0)
+    m, lr = 5, 0.01
+    rows = {"omega": jnp.asarray(rng.normal(size=(m, 3)), jnp.float32)}
+    mu = nu = jax.tree.map(jnp.zeros_like, rows)
+    count = jnp.zeros((m,), jnp.int32)
+    schedule = [[0, 2], [2], [0, 2, 4], [4, 1]]  # rows updated at each step
+    grads_per_step = [rng.normal(size=(len(r), 3)).astype(np.float32) for r in schedule]
+    for idx, g in zip(schedule, grads_per_step):
+        idx = jnp.asarray(idx)
+        new, mu_b, nu_b, count_b = refine.sparse_adam(jax.tree.map(lambda x: x[idx], rows), {"omega": jnp.asarray(g)},
+                                                      jax.tree.map(lambda x: x[idx], mu),
+                                                      jax.tree.map(lambda x: x[idx], nu), count[idx], lr, cfg)
+        rows = jax.tree.map(lambda f, p: f.at[idx].set(p), rows, new)
+        mu = jax.tree.map(lambda f, p: f.at[idx].set(p), mu, mu_b)
+        nu = jax.tree.map(lambda f, p: f.at[idx].set(p), nu, nu_b)
+        count = count.at[idx].set(count_b)
+    reference = np.random.default_rng(0).normal(size=(m, 3)).astype(np.float32)
+    tx = optax.adam(lr, b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps)
+    for row in range(m):  # each row on its own: plain Adam over the gradients it received
+        p = jnp.asarray(reference[row])
+        opt = tx.init(p)
+        for idx, g in zip(schedule, grads_per_step):
+            if row in idx:
+                u, opt = tx.update(jnp.asarray(g[idx.index(row)]), opt, p)
+                p = optax.apply_updates(p, u)
+        np.testing.assert_allclose(np.asarray(rows["omega"][row]), np.asarray(p), rtol=1e-5, atol=1e-6)
+    assert np.asarray(count).tolist() == [2, 1, 3, 0, 2]
+
+
+def test_a_step_changes_only_the_rows_of_its_batch():
+    cfg = _config()
+    run, _, ph, rstate = _start(cfg)
+    step = refine.make_step(run, ph)
+    items = np.asarray(rstate.items_M)
+    for rows in ([0, 1, 2, 3, 4, 5, 6, 7], [20, 21, 22, 23, 24, 25, 26, 27]):  # moments in two groups of rows
+        rstate, _ = step(rstate, run.ds.data, jnp.asarray(rows), jnp.asarray(items[rows]))
+    before = jax.device_get(rstate)
+    batch = np.asarray([3, 9, 11, 17, 21, 30, 31, 5])
+    after, metrics = step(rstate, run.ds.data, jnp.asarray(batch), jnp.asarray(items[batch]))
+    after = jax.device_get(after)
+    others = np.setdiff1d(np.arange(ph.rows), batch)
+    for name in ("rows", "mu", "nu"):
+        for field in ("omega", "t"):
+            x, y = getattr(before, name)[field], getattr(after, name)[field]
+            np.testing.assert_array_equal(x[others], y[others])  # untouched, bit for bit
+            assert np.all(np.any(x[batch] != y[batch], axis=-1)), (name, field)
+    np.testing.assert_array_equal(before.count_M[others], after.count_M[others])
+    np.testing.assert_array_equal(after.count_M[batch], before.count_M[batch] + 1)
+    np.testing.assert_array_equal(after.rows["sigma"], before.rows["sigma"])  # the schedule's sigma: not learned
+    assert not np.array_equal(after.points, before.points)
+    assert np.isfinite(float(metrics["train_loss"]))
+
+
+def test_refinement_recovers_perturbed_poses_with_the_true_points():
+    cfg = _config(**{"points.fixed": str(REPO / "objs" / "asymmetric.ply"), "refine.lr": 1e-2})
+    run, _, ph, rstate = _start(cfg)
+    items = np.asarray(rstate.items_M)
+    R_true = evaluate.true_rotations(run, items)
+    axes = np.random.default_rng(1).normal(size=(len(items), 3))
+    tilt = axes / np.linalg.norm(axes, axis=1, keepdims=True) * np.deg2rad(8.0)
+    R_start = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(jnp.asarray(tilt, jnp.float32))) @ R_true
+    t_true = np.asarray(run.ds.data.table.translation_Mx2)[items]
+    rstate = rstate.replace(R0_Mx3x3=jnp.asarray(R_start, jnp.float32),
+                            rows={**rstate.rows, "t": jnp.asarray(t_true + 0.01, jnp.float32)})
+    def err(s):  # the angle of R_true^T R per image, in degrees
+        rel = np.einsum("bji,bjk->bik", R_true, np.asarray(refine.rotations_of(s), np.float64))
+        return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert np.median(err(rstate)) == pytest.approx(8.0, abs=1e-3)
+    step = refine.make_step(run, ph)
+    for s in range(300):
+        rows = np.arange(8 * (s % 4), 8 * (s % 4) + 8)
+        rstate, _ = step(rstate, run.ds.data, jnp.asarray(rows), jnp.asarray(items[rows]))
+    assert np.median(err(rstate)) < 1.0
+    t_err = np.abs(np.asarray(rstate.rows["t"]) - t_true)
+    assert t_err.max() < 5e-3 and np.median(t_err) < 1e-3  # from 0.01 off
+
+
+def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
+    cfg = _config(**{"train.save_every": 4})
+    quiet = _config(**{"train.save_every": 4, "train.report": False})  # evaluated once, at the end
+    train.train_and_evaluate(quiet, tmp_path / "whole")
+    train.train_and_evaluate(quiet, tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "refine" / "checkpoints" / "12")  # as if killed after refinement step 8
+    (tmp_path / "cut" / "final.ply").unlink()
+    train.train_and_evaluate(cfg, tmp_path / "cut")
+    assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "cut" / "final.ply").read_bytes()
+    run, state = evaluate.load_run(tmp_path / "cut")
+    a, b = refine.load(tmp_path / "whole", run, state), refine.load(tmp_path / "cut", run, state)
+    assert int(a.step) == int(b.step) == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)) and steps[-1] == 32 + 12  # refinement steps follow the 32 training steps
+    assert [r["refine_step"] for r in records if r.get("phase") == "refine"] == [8, 12]
+    results = json.loads((tmp_path / "cut" / "eval" / "metrics.json").read_text())
+    assert results["train_images"] == 32
+    assert 0 <= results["refined_rotation_error_median_deg"] <= 180
+    assert results["refined_rotation_error_median_deg"] != results["train_rotation_error_median_deg"]
+
+
+def test_refinement_on_a_fits_folder(tmp_path):
+    _images(tmp_path / "images", 16, 0.0)
+    cfg = _fits_config(tmp_path / "images")
+    cfg.refine.steps, cfg.refine.batch_size = 6, 4
+    state = train.train_and_evaluate(cfg, tmp_path / "run")
+    run, trained = evaluate.load_run(tmp_path / "run")
+    rstate = refine.load(tmp_path / "run", run, trained)
+    assert int(rstate.step) == 6 and rstate.rows["t"].shape == (10, 2)  # every training image has a row
+    assert int(np.sum(np.asarray(rstate.count_M))) == 6 * 4
+    np.testing.assert_array_equal(np.asarray(state.params["points"]), np.asarray(rstate.points))
