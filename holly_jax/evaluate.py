@@ -97,7 +97,7 @@ def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarra
 
 def true_rotations(run: train.Run, idx: np.ndarray) -> np.ndarray:
     """The rotations simulated items were drawn at."""
-    return np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(run.ds.data.table.rotation_Mx3[jnp.asarray(idx)]))
+    return np.asarray(_matrices_from_axis_angle(run.ds.data.table.rotation_Mx3[jnp.asarray(idx)]))
 
 
 def images_of(run: train.Run, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,16 +123,19 @@ _particles = jax.jit(data.render_particles, static_argnums=4)
 _render_targets = jax.jit(simulate.render_targets, static_argnums=(4, 5))
 
 
+_matrices_from_axis_angle = jax.jit(jax.vmap(rotations.axis_angle_to_matrix))
+_matrices_from_quaternion = jax.jit(jax.vmap(rotations.quaternion_to_matrix))
+_random_quaternions = jax.jit(jax.vmap(rotations.random_quaternion))
+# every leg's frames: quaternions a_L, b_L at fractions t_F -> L x F x 4
+_slerp_legs = jax.jit(jax.vmap(jax.vmap(rotations.slerp, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+
+
 def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.ndarray:
     """Random rotations in greedy nearest-neighbour order, slerped between: a smooth tour, B x 3 x 3."""
-    keys = jax.random.split(jax.random.key(seed), stops)
-    q = np.asarray(jax.vmap(rotations.random_quaternion)(keys))
-    R = np.asarray(jax.vmap(rotations.quaternion_to_matrix)(jnp.asarray(q)))
-    q = q[poses.greedy_tour(R)]
-    t = jnp.arange(frames_per_leg) / frames_per_leg
-    legs = [jax.vmap(rotations.slerp, in_axes=(None, None, 0))(jnp.asarray(q[i]), jnp.asarray(q[i + 1]), t)
-            for i in range(stops - 1)]
-    return np.asarray(jax.vmap(rotations.quaternion_to_matrix)(jnp.concatenate(legs)))
+    q = np.asarray(_random_quaternions(jax.random.split(jax.random.key(seed), stops)))
+    q = q[poses.greedy_tour(np.asarray(_matrices_from_quaternion(jnp.asarray(q))))]
+    frames = _slerp_legs(jnp.asarray(q[:-1]), jnp.asarray(q[1:]), jnp.arange(frames_per_leg) / frames_per_leg)
+    return np.asarray(_matrices_from_quaternion(frames.reshape(-1, 4)))
 
 
 def evaluate(workdir: str | Path, truth: str | Path | None = None,

@@ -1,6 +1,7 @@
 """Pictures of a run: training curves, image pairs and montages, point-cloud views, animations.
 
-Everything is drawn in-process (matplotlib's Agg backend and Pillow) and
+Everything is drawn in-process (matplotlib figures rendered by Agg, without
+pyplot, so the caller's own matplotlib backend is left alone, and Pillow) and
 written atomically, so a picture on disk is always a whole one.
 """
 from __future__ import annotations
@@ -9,14 +10,12 @@ import io
 import os
 from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from holly_jax.atomic import write_atomic  # noqa: E402
+from holly_jax.atomic import write_atomic
 
 PathLike = str | os.PathLike
 
@@ -84,16 +83,21 @@ def save_gif(path: PathLike, frames: Sequence[np.ndarray], seconds_per_frame: fl
     write_atomic(path, buf.getvalue())
 
 
-def _save_figure(fig: plt.Figure, path: PathLike) -> None:
+def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols)
+
+
+def _save_figure(fig: Figure, path: PathLike) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     write_atomic(path, buf.getvalue())
 
 
 def save_curves(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     """Training curves from metrics records: losses, sigma in and predicted, learning rates."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = _figure(1, 3, figsize=(15, 4))
     panels = ((axes[0], ("train_loss", "test_loss"), "L1 per image"),
               (axes[1], ("sigma_in", "sigma_out"), "sigma (px)"),
               (axes[2], ("lr", "plr"), "learning rate"))
@@ -115,7 +119,7 @@ def save_cloud_views(path: PathLike, points_Nx3: np.ndarray, truth_Mx3: np.ndarr
                      title: str = "") -> None:
     """The cloud from three orthogonal views (along z, y and x), with a ground truth beneath if given."""
     points = np.asarray(points_Nx3)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+    fig, axes = _figure(1, 3, figsize=(13, 4.5))
     everything = points if truth_Mx3 is None else np.concatenate([points, truth_Mx3])
     lim = float(np.abs(everything).max()) * 1.05 + 1e-6
     for ax, (u, v), name in zip(axes, ((0, 1), (0, 2), (1, 2)), ("x-y (along z)", "x-z (along y)", "y-z (along x)")):

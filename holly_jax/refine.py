@@ -68,15 +68,10 @@ def phase(run: train.Run) -> Phase:
         raise InputError(None, f"config.refine: {m} image(s) cannot fill a batch over {run.mesh.size} devices")
     steps = int(cfg.refine.steps)
     plr = cfg.refine.plr or cfg.optim.plr or cfg.optim.lr
-    decay = int(round(float(cfg.optim.decay_fraction) * steps))
-
-    def schedule(lr: float) -> optax.Schedule:
-        if decay <= 0:
-            return optax.constant_schedule(lr)
-        return optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay)],
-                                    [steps - decay])
+    fraction = cfg.optim.decay_fraction
     sigma = float(train.sigma_now(run, run.ds.data.sigmas_S, run.total_steps))
-    return Phase(steps, b, m, m // b, sigma, schedule(float(cfg.refine.lr)), schedule(float(plr)))
+    return Phase(steps, b, m, m // b, sigma, train.decaying(cfg.refine.lr, steps, fraction),
+                 train.decaying(plr, steps, fraction))
 
 
 def points_optimizer(run: train.Run, ph: Phase) -> optax.GradientTransformation:
@@ -202,7 +197,8 @@ def checkpoint_manager(workdir: Path, cfg: ml_collections.ConfigDict) -> ocp.Che
     return ocp.CheckpointManager((Path(workdir) / "refine" / "checkpoints").resolve(), options=options)
 
 
-def restore(run: train.Run, ph: Phase, mngr: ocp.CheckpointManager, template: RefineState) -> RefineState | None:
+def restore(mngr: ocp.CheckpointManager, template: RefineState) -> RefineState | None:
+    """The manager's latest refinement state (None without one), shaped like ``template``."""
     latest = mngr.latest_step()
     if latest is None:
         return None
@@ -222,7 +218,7 @@ def load(workdir: str | Path, run: train.Run, state: train.TrainState) -> Refine
     mngr = checkpoint_manager(Path(workdir), run.cfg)
     if mngr.latest_step() is None:
         return None
-    return restore(run, ph, mngr, jax.eval_shape(lambda: initial_state_shape(run, state, ph)))
+    return restore(mngr, jax.eval_shape(lambda: initial_state_shape(run, state, ph)))
 
 
 def initial_state_shape(run: train.Run, state: train.TrainState, ph: Phase) -> RefineState:

@@ -121,14 +121,17 @@ def learning_rates(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[op
     fall to zero over that last fraction of the run."""
     o = cfg.optim
     plr = o.lr if o.plr is None else o.plr
-    decay_steps = int(round(float(o.decay_fraction) * total_steps))
+    return (decaying(o.lr, total_steps, o.decay_fraction), decaying(plr, total_steps, o.decay_fraction))
 
-    def schedule(lr: float) -> optax.Schedule:
-        if decay_steps <= 0:
-            return optax.constant_schedule(lr)
-        return optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay_steps)],
-                                    [total_steps - decay_steps])
-    return schedule(o.lr), schedule(plr)
+
+def decaying(lr: float, total_steps: int, fraction: float) -> optax.Schedule:
+    """``lr``, falling linearly to zero over the last ``fraction`` of ``total_steps``."""
+    decay_steps = int(round(float(fraction) * total_steps))
+    lr = float(lr)
+    if decay_steps <= 0:
+        return optax.constant_schedule(lr)
+    return optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay_steps)],
+                                [total_steps - decay_steps])
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, pose_only: bool, total_steps: int) -> optax.GradientTransformation:

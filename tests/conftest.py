@@ -1,4 +1,23 @@
-"""Test-wide settings: run on the CPU in float32 with deterministic XLA."""
+"""Test-wide settings: run on the CPU, and share compiled programs between the tests of one session.
+
+Many tests (and the subprocesses and notebook kernels they start) compile the
+same small programs; a persistent XLA cache, fresh for each pytest session and
+removed at its end, compiles each once. Results do not depend on it.
+"""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="holly-jax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+else:
+    _CACHE = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE is not None:
+        shutil.rmtree(_CACHE, ignore_errors=True)

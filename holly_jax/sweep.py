@@ -1,0 +1,183 @@
+"""Sweeps: train and evaluate a list of config variants, and gather their results into a pandas DataFrame.
+
+    from holly_jax import sweep
+    frame = sweep.run("configs/quick.py", {"baseline": {}, "dropout": {"data.dropout": 0.1}},
+                      root="runs/robustness", scale="tiny")
+
+A variant is a dict of dotted config overrides, the same fields launch.py takes
+as ``--config.X=Y``; it trains in ``ROOT/NAME`` and is then evaluated. A
+finished variant is read back rather than rerun, and an interrupted one resumes
+from its checkpoint, so a notebook can be executed again cheaply. ``scale``
+sizes every variant: "tiny" (32x32, 48 steps: seconds on a CPU, for tests and
+CI), "cpu" (the config's images at 1,500 steps: about two minutes a variant
+on a 2-core CPU for configs/quick.py), "quick" (the config as written: about
+seven minutes for configs/quick.py) or "full" (128x128 and the original's data
+sizes: for a GPU). Scales also size the refinement (1,000 images, batch 100).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import ml_collections
+import pandas as pd
+
+from holly_jax import evaluate, outputs, schedule, train
+from holly_jax.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {"data.image_height": 32, "data.image_width": 32, "data.train_size": 256, "data.test_size": 32,
+             "data.valid_size": 32, "train.batch_size": 16, "train.epochs": 3, "train.steps": 0,
+             "train.log_every": 16, "train.save_every": 48, "points.num": 60, "refine.images": 64,
+             "refine.batch_size": 16},
+    "cpu": {"train.steps": 1500, "train.log_every": 100, "train.save_every": 500, "refine.images": 1000,
+            "refine.batch_size": 100},
+    "quick": {"refine.images": 1000, "refine.batch_size": 100},
+    "full": {"data.image_height": 128, "data.image_width": 128, "data.train_size": 80000,
+             "sigma.list": ",".join(str(s) for s in schedule.TEAPOT_SIGMAS), "train.batch_size": 32,
+             "train.epochs": 20, "train.steps": 0, "train.log_every": 500, "train.save_every": 5000},
+}
+DONE = "sweep.json"  # written last, atomically: the variant is finished
+
+
+def load_config(base: str | Path | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config file's ConfigDict (a path like configs/quick.py, relative to the repository if not found
+    here), or a copy of a ConfigDict."""
+    if isinstance(base, ml_collections.ConfigDict):
+        return ml_collections.ConfigDict(base.to_dict())
+    path = Path(base)
+    path = path if path.exists() else REPO / path
+    if not path.is_file():
+        raise InputError(path, "config file not found")
+    spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def override(cfg: ml_collections.ConfigDict, changes: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted fields (``"data.dropout": 0.1``); an unknown field is a one-line InputError."""
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+                raise InputError(None, f"unknown config field {dotted!r}")
+            node = node[name]
+        if leaf not in node:
+            raise InputError(None, f"unknown config field {dotted!r}")
+        node[leaf] = value
+    return cfg
+
+
+def variant_config(base: str | Path | ml_collections.ConfigDict, changes: Mapping[str, Any],
+                   scale: str = "quick") -> ml_collections.ConfigDict:
+    """The base config at ``scale``, then the variant's own changes (which win)."""
+    if scale not in SCALES:
+        raise InputError(None, f"unknown scale {scale!r}; expected one of {tuple(SCALES)}")
+    cfg = override(load_config(base), SCALES[scale])
+    cfg = override(cfg, changes)
+    if not Path(cfg.data.object).is_absolute() and not Path(cfg.data.object).exists():
+        cfg.data.object = str(REPO / cfg.data.object)  # bundled shapes, wherever the notebook runs
+    cfg.train.report = False  # the sweep evaluates, and times it, on its own
+    return cfg
+
+
+def run_one(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train (or resume) and evaluate one config in ``workdir``; a finished one is read back."""
+    workdir = Path(workdir)
+    done = workdir / DONE
+    if done.exists():
+        saved = json.loads(done.read_text(encoding="utf-8"))
+        if saved.get("config") == json.loads(json.dumps(cfg.to_dict())):
+            return saved
+    start = time.perf_counter()
+    train.train_and_evaluate(cfg, workdir)
+    trained = time.perf_counter()
+    results = evaluate.evaluate(workdir, pose_texts=(), quiet=True)
+    record = {"config": cfg.to_dict(), "train_s": trained - start, "eval_s": time.perf_counter() - trained,
+              "results": {k: v for k, v in results.items() if not isinstance(v, (list, dict))},
+              "last": _last_records(workdir)}
+    outputs.write_json(done, record)
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
+def _last_records(workdir: Path) -> dict[str, Any]:
+    """The last logged training and refinement records, and the mean training rate."""
+    records = outputs.MetricsLog(workdir / "metrics.jsonl").read()
+    trained = [r for r in records if r.get("phase") != "refine"]
+    refined = [r for r in records if r.get("phase") == "refine"]
+    final = trained[-1] if trained else {}
+    last = {f"final_{k}": final[k] for k in ("train_loss", "test_loss", "sigma_in") if k in final}
+    if trained:
+        last["images_per_s"] = sum(r["images_per_s"] for r in trained) / len(trained)
+    if refined:
+        last["refine_loss"] = refined[-1]["train_loss"]
+    return last
+
+
+def run(base: str | Path | ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]], root: str | Path,
+        scale: str = "quick", quiet: bool = False) -> pd.DataFrame:
+    """Train and evaluate every variant (``{name: {dotted field: value}}``) under ``root/name``; one row per
+    variant: its overrides, the evaluation's scalars (aligned Chamfer, rotation errors, held-out loss),
+    the last logged losses, images/s, and the training and evaluation times in seconds."""
+    rows = []
+    for name, changes in variants.items():
+        cfg = variant_config(base, changes, scale)
+        if not quiet:
+            print(f"[{name}] {', '.join(f'{k}={v}' for k, v in changes.items()) or 'base config'}", flush=True)
+        record = run_one(cfg, Path(root) / name)
+        rows.append({"variant": name, **{k: v for k, v in changes.items()}, "train_s": record["train_s"],
+                     "eval_s": record["eval_s"], **record["last"], **record["results"]})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def history(root: str | Path, names: list[str] | None = None) -> pd.DataFrame:
+    """Every logged record of the variants under ``root`` (all if ``names`` is None), one row each, for
+    plotting training curves side by side."""
+    root = Path(root)
+    names = names if names is not None else sorted(p.name for p in root.iterdir() if (p / "metrics.jsonl").exists())
+    frames = [pd.DataFrame(outputs.MetricsLog(root / n / "metrics.jsonl").read()).assign(variant=n) for n in names]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, float]:
+    """Steps per second of a config's training step and (with ``refine.steps`` > 0) its refinement step,
+    timed over ``steps`` steps after compiling, without writing anything: for comparisons at equal
+    wall-clock time."""
+    import jax
+    import numpy as np
+
+    from holly_jax import refine
+
+    run = train.setup(cfg)
+    state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
+    fns = train.make_steps(run)
+    batches = [jax.device_put(train.host_batch(run, train.epoch_order(run, 0)[i * run.batch_size:][:run.batch_size],
+                                               i), run.batch_sharded()) for i in range(2)]
+
+    def timed(step, state, args):
+        state, metrics = step(state, *args[0])  # compile
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for i in range(steps):
+            state, metrics = step(state, *args[i % len(args)])
+        jax.block_until_ready(metrics)
+        return steps / (time.perf_counter() - start), state
+
+    rates = {}
+    rates["train"], state = timed(fns.train, state, [(run.ds.data, b) for b in batches])
+    if cfg.refine.steps > 0:
+        ph = refine.phase(run)
+        rstate = refine.initial_state(run, state, ph)
+        rows = np.arange(ph.batch_size, dtype=np.int32)
+        args = [(run.ds.data, jax.device_put(rows, run.batch_sharded()),
+                 jax.device_put(train.host_batch(run, np.asarray(rstate.items_M)[rows], run.total_steps),
+                                run.batch_sharded()))]
+        rates["refine"], _ = timed(refine.make_step(run, ph), rstate, args)
+    return rates
