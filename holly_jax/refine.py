@@ -162,13 +162,18 @@ def initial_state(run: train.Run, state: train.TrainState, ph: Phase) -> RefineS
         train.host_batch(run, padded[i:i + b], run.total_steps), run.batch_sharded())))
         for i in range(0, len(padded), b)]
     R, t, s = (np.concatenate(x)[:len(items)] for x in zip(*parts))
-    m = len(items)
-    rows = {"omega": jnp.zeros((m, 3)), "t": jnp.asarray(t, jnp.float32), "sigma": jnp.asarray(s, jnp.float32)}
-    zeros = jax.tree.map(jnp.zeros_like, rows)
-    points = jnp.array(state.params["points"])  # a copy: the train state's buffers may be donated
+    return _fresh_state(run, ph, jnp.array(state.params["points"]),  # a copy: the train state may be donated
+                        jnp.asarray(items), jnp.asarray(R, jnp.float32), jnp.asarray(t, jnp.float32),
+                        jnp.asarray(s, jnp.float32))
+
+
+def _fresh_state(run: train.Run, ph: Phase, points: jax.Array, items_M: jax.Array, R0_Mx3x3: jax.Array,
+                 t_Mx2: jax.Array, sigma_M: jax.Array) -> RefineState:
+    """A state before its first step: rows at their starting poses, moments and counts zero."""
+    rows = {"omega": jnp.zeros((len(items_M), 3), t_Mx2.dtype), "t": t_Mx2, "sigma": sigma_M}
     return RefineState(step=jnp.int32(0), points=points, points_opt=points_optimizer(run, ph).init(points),
-                       items_M=jnp.asarray(items), R0_Mx3x3=jnp.asarray(R, jnp.float32), rows=rows, mu=zeros,
-                       nu=jax.tree.map(jnp.zeros_like, rows), count_M=jnp.zeros((m,), jnp.int32))
+                       items_M=items_M, R0_Mx3x3=R0_Mx3x3, rows=rows, mu=jax.tree.map(jnp.zeros_like, rows),
+                       nu=jax.tree.map(jnp.zeros_like, rows), count_M=jnp.zeros_like(items_M))
 
 
 def epoch_rows(run: train.Run, ph: Phase, epoch: int) -> np.ndarray:
@@ -191,12 +196,6 @@ def batches(run: train.Run, ph: Phase, items_M: np.ndarray, start: int):
     return train.prefetched(produce(), 2)
 
 
-def checkpoint_manager(workdir: Path, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.train.max_to_keep), create=True,
-                                           enable_async_checkpointing=False)
-    return ocp.CheckpointManager((Path(workdir) / "refine" / "checkpoints").resolve(), options=options)
-
-
 def restore(mngr: ocp.CheckpointManager, template: RefineState) -> RefineState | None:
     """The manager's latest refinement state (None without one), shaped like ``template``."""
     latest = mngr.latest_step()
@@ -215,7 +214,7 @@ def load(workdir: str | Path, run: train.Run, state: train.TrainState) -> Refine
     if int(run.cfg.refine.steps) <= 0 or not (Path(workdir) / "refine" / "checkpoints").exists():
         return None
     ph = phase(run)
-    mngr = checkpoint_manager(Path(workdir), run.cfg)
+    mngr = train.checkpoint_manager(Path(workdir) / "refine", run.cfg)
     if mngr.latest_step() is None:
         return None
     return restore(mngr, jax.eval_shape(lambda: initial_state_shape(run, state, ph)))
@@ -224,12 +223,8 @@ def load(workdir: str | Path, run: train.Run, state: train.TrainState) -> Refine
 def initial_state_shape(run: train.Run, state: train.TrainState, ph: Phase) -> RefineState:
     """A state of the right shapes without running the network (a restore template)."""
     m = ph.rows
-    rows = {"omega": jnp.zeros((m, 3)), "t": jnp.zeros((m, 2)), "sigma": jnp.zeros((m,))}
-    points = jnp.asarray(state.params["points"])
-    return RefineState(step=jnp.int32(0), points=points, points_opt=points_optimizer(run, ph).init(points),
-                       items_M=jnp.zeros((m,), jnp.int32), R0_Mx3x3=jnp.zeros((m, 3, 3)), rows=rows,
-                       mu=jax.tree.map(jnp.zeros_like, rows), nu=jax.tree.map(jnp.zeros_like, rows),
-                       count_M=jnp.zeros((m,), jnp.int32))
+    return _fresh_state(run, ph, jnp.asarray(state.params["points"]), jnp.zeros((m,), jnp.int32),
+                        jnp.zeros((m, 3, 3)), jnp.zeros((m, 2)), jnp.zeros((m,)))
 
 
 def run_phase(run: train.Run, state: train.TrainState, workdir: Path, log: Any, tb: Any, say: Callable,
@@ -237,7 +232,7 @@ def run_phase(run: train.Run, state: train.TrainState, workdir: Path, log: Any, 
     """Refine (or resume refining) after the amortised phase; checkpoints under ``workdir/refine``, and
     records in the run's metrics log at steps after the amortised ones."""
     ph = phase(run)
-    mngr = checkpoint_manager(workdir, run.cfg)
+    mngr = train.checkpoint_manager(workdir / "refine", run.cfg)
     rstate = restored if restored is not None else initial_state(run, state, ph)
     rstate = jax.device_put(rstate, run.replicated())
     start = int(rstate.step)

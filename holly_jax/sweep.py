@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
 import ml_collections
+import numpy as np
 import pandas as pd
 
-from holly_jax import evaluate, outputs, schedule, train
+from holly_jax import evaluate, outputs, refine, schedule, train
 from holly_jax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,11 +152,6 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     """Steps per second of a config's training step and (with ``refine.steps`` > 0) its refinement step,
     timed over ``steps`` steps after compiling, without writing anything: for comparisons at equal
     wall-clock time."""
-    import jax
-    import numpy as np
-
-    from holly_jax import refine
-
     run = train.setup(cfg)
     state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
     fns = train.make_steps(run)
