@@ -44,9 +44,10 @@ def fail(message: str, status: int = 1) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with every problem (a bad override, a missing config file) as one line."""
+    path = None
     for arg in argv[1:]:
         if arg.startswith("--config="):
-            path = arg.split("=", 1)[1].split(":", 1)[0]  # a config file may take an argument after ':'
+            path = arg.split("=", 1)[1].split(":", 1)[0]  # a config file may take a variant after ':'
             if not os.path.isfile(path):
                 fail(f"{path}: config file not found", 2)
     try:
@@ -55,6 +56,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             FLAGS.config.keys()  # the config file loads lazily: surface its errors here
         return rest
     except flags.Error as e:
+        if "Traceback" in str(e):  # the config file raised (a bad variant): its own message, not the trace
+            fail(f"{path}: {str(e).strip().splitlines()[-1].split(': ', 1)[-1]}", 2)
         fail(" ".join(str(e).split()), 2)
     except (AttributeError, KeyError) as e:
         field = str(e).strip("'\"")

@@ -14,11 +14,12 @@ from configs import default
 from holly_jax import schedule
 
 CEP152_STEPS = schedule.BUNNY_SIGMAS[:12]  # 10, 9, 8.1, 7.29, ... 3.65, 3.28
+VARIANTS = ("fits", "locs")
 
 
 def get_config(source: str = "fits"):
-    if source not in ("fits", "locs"):
-        raise ValueError(f"unknown CEP152 source {source!r}; expected 'fits' or 'locs'")
+    if source not in VARIANTS:
+        raise ValueError(f"unknown CEP152 source {source!r}; expected one of {VARIANTS}")
     config = default.get_config()
     config.data.source = source
     config.data.path = "images" if source == "fits" else "locs.hdf5"

@@ -159,6 +159,14 @@ def test_bad_input_is_one_line_error(tmp_path, overrides, problem):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_unknown_config_variant_is_one_line_error(tmp_path):
+    proc = _launch(tmp_path / "run", config="configs/quick.py:nope")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "quick.py: unknown quick variant 'nope'" in err, err
+    assert "Traceback" not in err + out
+
+
 def test_learning_rate_decay_falls_linearly_over_the_last_fraction():
     cfg = _config(**{"optim.lr": 1e-3, "optim.plr": 1e-2, "optim.decay_fraction": 0.25})
     lr, plr = train.learning_rates(cfg, 100)

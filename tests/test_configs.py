@@ -1,0 +1,38 @@
+"""Every bundled config, in every variant, has exactly the fields of configs/default.py and passes the
+config check: a misspelt field in a config file would otherwise be added silently and never read."""
+import importlib
+from pathlib import Path
+
+import pytest
+
+from configs import default
+from holly_jax import train
+
+CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "default"))
+
+
+def _fields(cfg, prefix=""):
+    out = set()
+    for name, value in cfg.items():
+        out |= _fields(value, f"{prefix}{name}.") if hasattr(value, "items") else {prefix + name}
+    return out
+
+
+def _variants():
+    for name in CONFIGS:
+        module = importlib.import_module(f"configs.{name}")
+        for variant in getattr(module, "VARIANTS", (None,)):
+            yield pytest.param(module, variant, id=f"{name}:{variant}" if variant else name)
+
+
+def test_there_are_configs():
+    assert {"quick", "tiny", "teapot", "bunny", "cep152"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("module,variant", _variants())
+def test_config_has_the_default_fields_and_passes_the_check(module, variant):
+    cfg = module.get_config() if variant is None else module.get_config(variant)
+    assert _fields(cfg) == _fields(default.get_config())
+    train.check_config(cfg)
+
