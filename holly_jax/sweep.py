@@ -10,9 +10,10 @@ finished variant is read back rather than rerun, and an interrupted one resumes
 from its checkpoint, so a notebook can be executed again cheaply. ``scale``
 sizes every variant: "tiny" (32x32, 48 steps: seconds on a CPU, for tests and
 CI), "cpu" (the config's images at 1,500 steps: about two minutes a variant
-on a 2-core CPU for configs/quick.py), "quick" (the config as written: about
-seven minutes for configs/quick.py) or "full" (128x128 and the original's data
-sizes: for a GPU). Scales also size the refinement (1,000 images, batch 100).
+on a 2-core CPU for configs/quick.py:single_head), "quick" (the config as
+written: five to eight minutes for configs/quick.py) or "full" (128x128 and
+the original's data sizes: for a GPU). Scales also size the refinement
+(1,000 images, batch 100).
 """
 from __future__ import annotations
 
@@ -49,17 +50,26 @@ DONE = "sweep.json"  # written last, atomically: the variant is finished
 
 def load_config(base: str | Path | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A config file's ConfigDict (a path like configs/quick.py, relative to the repository if not found
-    here), or a copy of a ConfigDict."""
+    here, with an optional variant after ':' as launch.py takes it: configs/quick.py:single_head), or a
+    copy of a ConfigDict."""
     if isinstance(base, ml_collections.ConfigDict):
         return ml_collections.ConfigDict(base.to_dict())
-    path = Path(base)
+    name, _, variant = str(base).partition(".py:")
+    path = Path(f"{name}.py" if variant else base)
     path = path if path.exists() else REPO / path
     if not path.is_file():
         raise InputError(path, "config file not found")
     spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    if not variant:
+        return module.get_config()
+    try:
+        return module.get_config(variant)
+    except TypeError:
+        raise InputError(path, f"this config takes no variant (got {variant!r})") from None
+    except ValueError as e:
+        raise InputError(path, str(e)) from None
 
 
 def override(cfg: ml_collections.ConfigDict, changes: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -150,8 +160,9 @@ def history(root: str | Path, names: list[str] | None = None) -> pd.DataFrame:
 
 def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, float]:
     """Steps per second of a config's training step and (with ``refine.steps`` > 0) its refinement step,
-    timed over ``steps`` steps after compiling, without writing anything: for comparisons at equal
-    wall-clock time."""
+    timed over ``steps`` steps after compiling and ``steps`` untimed warm-up steps (on a CPU the first
+    few dozen steps after compiling run several times slower than the rest), without writing anything:
+    for comparisons at equal wall-clock time."""
     run = train.setup(cfg)
     state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
     fns = train.make_steps(run)
@@ -159,7 +170,8 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
                                                i), run.batch_sharded()) for i in range(2)]
 
     def timed(step, state, args):
-        state, metrics = step(state, *args[0])  # compile
+        for i in range(steps + 1):  # compile, then warm up
+            state, metrics = step(state, *args[i % len(args)])
         jax.block_until_ready(metrics)
         start = time.perf_counter()
         for i in range(steps):

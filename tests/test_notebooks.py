@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from configs import bunny
 from experiments.execute import execute
 from holly_jax import sweep
 from holly_jax.errors import InputError
@@ -52,3 +53,12 @@ def test_sweep_rejects_unknown_scale_and_missing_config():
         sweep.variant_config("configs/tiny.py", {}, "huge")
     with pytest.raises(InputError, match="config file not found"):
         sweep.load_config("configs/none.py")
+
+
+def test_sweep_config_variants_as_launch_takes_them():
+    assert sweep.load_config("configs/bunny.py:dropout").to_dict() == bunny.get_config("dropout").to_dict()
+    assert sweep.load_config("configs/bunny.py").data.dropout == 0.0
+    with pytest.raises(InputError, match=r"bunny\.py: unknown bunny variant 'loud'"):
+        sweep.load_config("configs/bunny.py:loud")
+    with pytest.raises(InputError, match=r"tiny\.py: this config takes no variant \(got 'x'\)"):
+        sweep.load_config("configs/tiny.py:x")
