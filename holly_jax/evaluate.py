@@ -178,6 +178,8 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
     predictor = Predictor(run, state)
     results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path) if truth_path else None,
                                "sigma": sigma, "points": len(learned)}
+    if refined is not None:
+        results["refine_step"] = int(refined.step)
 
     if truth_Mx3 is not None:
         alignment = metrics.align(learned, truth_Mx3, seed=int(run.cfg.seed))

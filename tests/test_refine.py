@@ -131,7 +131,7 @@ def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 32 + 12  # refinement steps follow the 32 training steps
     assert [r["refine_step"] for r in records if r.get("phase") == "refine"] == [8, 12]
     results = json.loads((tmp_path / "cut" / "eval" / "metrics.json").read_text())
-    assert results["train_images"] == 32
+    assert (results["step"], results["refine_step"], results["train_images"]) == (32, 12, 32)
     assert 0 <= results["refined_rotation_error_median_deg"] <= 180
     assert results["refined_rotation_error_median_deg"] != results["train_rotation_error_median_deg"]
 
