@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import default
+from configs import default, quick
 from holly_jax import train
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
@@ -17,6 +17,12 @@ def _fields(cfg, prefix=""):
     for name, value in cfg.items():
         out |= _fields(value, f"{prefix}{name}.") if hasattr(value, "items") else {prefix + name}
     return out
+
+
+def _get(cfg, dotted):
+    for name in dotted.split("."):
+        cfg = cfg[name]
+    return cfg
 
 
 def _variants():
@@ -36,3 +42,10 @@ def test_config_has_the_default_fields_and_passes_the_check(module, variant):
     assert _fields(cfg) == _fields(default.get_config())
     train.check_config(cfg)
 
+
+def test_quick_single_head_is_the_same_recipe_with_the_original_method():
+    best, single = quick.get_config(), quick.get_config("single_head")
+    differing = {f for f in _fields(best) if _get(best, f) != _get(single, f)}
+    assert differing == {"model.num_heads", "train.steps", "refine.steps"}
+    original = default.get_config()
+    assert all(_get(single, f) == _get(original, f) for f in ("model.num_heads", "train.steps", "refine.steps"))
