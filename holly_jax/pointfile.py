@@ -2,34 +2,23 @@
 
 Points come back as float32 arrays of shape (N, 3). Every problem with a file is raised
 as a one-line `InputError` naming the file; writes are atomic (temp file + `os.replace`).
+OBJ is our own code; PLY is read and written by the `plyfile` library.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
+from plyfile import PlyData, PlyElement, PlyElementParseError, PlyHeaderParseError, PlyListProperty
 
 from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
 
 PathLike = str | os.PathLike
-
-# PLY scalar type names (both spellings) -> numpy type code without byte order.
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1",
-    "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4",
-    "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4",
-    "double": "f8", "float64": "f8",
-}
-_PLY_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
-_END_HEADER = re.compile(rb"(?:^|\n)end_header[ \t]*(?:\r?\n|$)")
-
 
 # ----------------------------------------------------------------------------- reading
 
@@ -93,125 +82,115 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _parse_ply_header(path: PathLike, header: str) -> tuple[str, list[dict]]:
-    """The format name and the elements [{name, count, props: [(name, type | None)]}]."""
-    lines = header.splitlines()
-    if not lines or lines[0].strip() != "ply":
-        raise InputError(path, "not a PLY file (first line is not 'ply')")
-    fmt, elements = None, []
-    for lineno, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if not fields or fields[0] in ("comment", "obj_info", "end_header"):
-            continue
-        if fields[0] == "format":
-            if len(fields) < 2 or fields[1] not in _PLY_FORMATS:
-                raise InputError(path, f"line {lineno}: unsupported PLY format '{' '.join(fields[1:])}'")
-            fmt = fields[1]
-        elif fields[0] == "element":
-            if len(fields) != 3 or not fields[2].isdigit():
-                raise InputError(path, f"line {lineno}: bad element line '{line.strip()}'")
-            elements.append({"name": fields[1], "count": int(fields[2]), "props": []})
-        elif fields[0] == "property":
-            if not elements:
-                raise InputError(path, f"line {lineno}: property before any element")
-            if len(fields) == 5 and fields[1] == "list":
-                elements[-1]["props"].append((fields[4], None))  # list: size varies per item
-            elif len(fields) == 3 and fields[1] in _PLY_TYPES:
-                elements[-1]["props"].append((fields[2], _PLY_TYPES[fields[1]]))
-            else:
-                raise InputError(path, f"line {lineno}: unsupported property '{line.strip()}'")
-        else:
-            raise InputError(path, f"line {lineno}: unknown PLY header keyword '{fields[0]}'")
-    if fmt is None:
-        raise InputError(path, "PLY header has no format line")
-    return fmt, elements
+# PLY goes through the plyfile library (pinned in requirements.txt); its errors become one-line InputErrors.
+# Bytes 128-255 become '?', so a non-ASCII comment in a header cannot stop plyfile's ASCII decoding.
+_ASCII_ONLY = bytes(range(128)) + b"?" * 128
+_END_HEADER = re.compile(rb"(?:^|[\r\n])(end_header)([ \t]*)(?=[\r\n]|$)")
+_ASCII_FORMAT = re.compile(rb"(?:^|[\r\n])[ \t]*format[ \t]+ascii[ \t\r\n]")
+_PLY_TYPE_ERROR = re.compile(r"field type '([^']*)' not in")
+
+
+class _AsciiPly(io.TextIOWrapper):
+    """An ASCII PLY as the text stream plyfile reads line by line: blank data lines are skipped
+    (plyfile would take one for an item) and the line last read is kept for error messages."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data), encoding="ascii", errors="replace", newline=None)
+        self.lines_read = 0  # newlines consumed so far (header included)
+        self.lineno = 0  # number of the line readline last returned (0: none yet)
+        self.line = ""
+
+    def read(self, size: int | None = -1) -> str:
+        text = super().read(size)
+        self.lines_read += text.count("\n")
+        return text
+
+    def readline(self, size: int = -1) -> str:
+        while True:
+            line = super().readline(size)
+            if not line:
+                return line
+            self.lineno, self.line = self.lines_read + 1, line
+            self.lines_read += line.count("\n")
+            if line.strip():
+                return line
 
 
 def _parse_ply(path: PathLike, data: bytes) -> np.ndarray:
-    """Vertex x, y, z of an ASCII or binary PLY; other elements are skipped."""
-    match = _END_HEADER.search(data)
-    if match is None:
-        raise InputError(path, "not a PLY file or header has no end_header")
-    header = data[: match.end()].decode("ascii", errors="replace")
-    body = data[match.end():]
-    fmt, elements = _parse_ply_header(path, header)
-
-    names = [e["name"] for e in elements]
-    if "vertex" not in names:
+    """Vertex x, y, z of an ASCII or binary PLY read by plyfile; other elements and properties are ignored."""
+    end = _END_HEADER.search(data)
+    head = data if end is None else data[: end.start(1)]  # the header, or all of a file without one
+    if end is not None and end[2]:  # plyfile wants 'end_header' alone on its line
+        data = head + b"end_header" + data[end.end():]
+    if not head.isascii():
+        head = head.translate(_ASCII_ONLY)
+        data = head + data[len(head):]
+    stream = _AsciiPly(data) if _ASCII_FORMAT.search(head) else io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's overflow / empty-list warnings; errors are checked below
+            ply = PlyData.read(stream, mmap=False)
+    except PlyHeaderParseError as e:
+        raise InputError(path, _header_problem(e, head)) from None
+    except PlyElementParseError as e:
+        raise InputError(path, _element_problem(e, stream)) from None
+    except MemoryError as e:
+        raise InputError(path, f"PLY element counts too large to read ({e})") from None
+    except (ValueError, TypeError, IndexError, KeyError, EOFError, OverflowError, UnicodeError) as e:
+        where = f"line {stream.lineno}: " if isinstance(stream, _AsciiPly) and stream.lineno else ""
+        raise InputError(path, f"{where}malformed PLY ({e})") from None
+    if "vertex" not in ply:
         raise InputError(path, "no vertices (PLY header has no 'element vertex')")
-    index = names.index("vertex")
-    vertex = elements[index]
-    prop_names = [name for name, _ in vertex["props"]]
+    vertex = ply["vertex"]
     for axis in ("x", "y", "z"):
-        if axis not in prop_names:
+        if axis not in vertex:
             raise InputError(path, f"PLY vertex element has no '{axis}' property")
-    if any(kind is None for _, kind in vertex["props"]):
-        raise InputError(path, "unsupported PLY layout: list property in the vertex element")
-    if vertex["count"] == 0:
-        return np.zeros((0, 3))
-
-    if fmt == "ascii":
-        return _ply_ascii_vertices(path, body, elements, index, header.count("\n") + 1)
-    return _ply_binary_vertices(path, body, elements, index, _PLY_FORMATS[fmt])
+        if isinstance(vertex.ply_property(axis), PlyListProperty):
+            raise InputError(path, f"PLY vertex property '{axis}' is a list, not a number")
+    return np.stack([np.asarray(vertex[axis], dtype=np.float64) for axis in ("x", "y", "z")], axis=1)
 
 
-def _ply_ascii_vertices(
-    path: PathLike, body: bytes, elements: list[dict], index: int, first_lineno: int
-) -> np.ndarray:
-    """One item per non-blank line; earlier elements are skipped line by line."""
-    lines = [
-        (lineno, line)
-        for lineno, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), first_lineno)
-        if line.strip()
-    ]
-    start = sum(e["count"] for e in elements[:index])
-    vertex = elements[index]
-    count, n_props = vertex["count"], len(vertex["props"])
-    chunk = lines[start: start + count]
-    if len(chunk) < count:
-        raise InputError(path, f"truncated PLY: {count} vertices declared, {len(chunk)} found")
-    columns = [[name for name, _ in vertex["props"]].index(a) for a in ("x", "y", "z")]
-    rows = []
-    for lineno, line in chunk:
-        fields = line.split()
-        if len(fields) != n_props:
-            raise InputError(path, f"line {lineno}: vertex has {len(fields)} fields, expected {n_props}")
-        try:
-            rows.append([float(fields[c]) for c in columns])
-        except ValueError:
-            bad = next(fields[c] for c in columns if not _is_float(fields[c]))
-            raise InputError(path, f"line {lineno}: non-numeric field '{bad}' in vertex") from None
-    return np.asarray(rows, dtype=np.float64)
+def _header_problem(e: PlyHeaderParseError, head: bytes) -> str:
+    """plyfile's header error as our message, quoting the header line it names."""
+    lines = re.split(rb"\r\n|\r|\n", head)
+    n = e.line if isinstance(e.line, int) else 0
+    text = lines[n - 1].decode("ascii").strip() if 0 < n <= len(lines) else ""
+    words = text.split()
+    if e.message in ("expected 'ply'", "unexpected characters after 'ply'"):
+        return "not a PLY file (first line is not 'ply')"
+    if e.message == "early end-of-file":
+        return "PLY header has no end_header (the file ends inside the header)"
+    if e.message.startswith("don't understand format") or e.message == "expected version '1.0'":
+        return f"line {n}: unsupported PLY format '{' '.join(words[1:])}'"
+    if words[:1] == ["property"] and not e.message.startswith("expected one of"):
+        bad_type = _PLY_TYPE_ERROR.match(e.message)
+        reason = f"'{bad_type[1]}' is not a PLY type" if bad_type else e.message
+        return f"line {n}: unsupported property '{text}' ({reason})"
+    return f"line {n}: bad PLY header line '{text}' ({e.message})"
 
 
-def _ply_binary_vertices(
-    path: PathLike, body: bytes, elements: list[dict], index: int, order: str
-) -> np.ndarray:
-    """Structured-dtype view of the vertex block; earlier elements must be fixed-size."""
-    offset = 0
-    for element in elements[:index]:
-        if any(kind is None for _, kind in element["props"]):
-            raise InputError(
-                path,
-                f"unsupported PLY layout: binary element '{element['name']}' with list "
-                "properties comes before the vertices",
-            )
-        offset += element["count"] * _struct_dtype(element, order).itemsize
-    vertex = elements[index]
-    dtype = _struct_dtype(vertex, order)
-    available = max(len(body) - offset, 0) // dtype.itemsize
-    if available < vertex["count"]:
-        raise InputError(
-            path, f"truncated PLY: {vertex['count']} vertices declared, {available} found"
-        )
-    items = np.frombuffer(body, dtype=dtype, count=vertex["count"], offset=offset)
-    return np.stack([items[a].astype(np.float64) for a in ("x", "y", "z")], axis=1)
-
-
-def _struct_dtype(element: dict, order: str) -> np.dtype:
-    # Field names are made unique by position so duplicate property names cannot clash.
-    names = [name if name in ("x", "y", "z") else f"_{i}_{name}" for i, (name, _) in enumerate(element["props"])]
-    return np.dtype([(n, order + kind) for n, (_, kind) in zip(names, element["props"])])
+def _element_problem(e: PlyElementParseError, stream: io.IOBase) -> str:
+    """plyfile's data error as our message; ASCII files get the line number and the bad field."""
+    name = e.element.name if e.element is not None else "?"
+    count = e.element.count if e.element is not None else 0
+    what = "vertex" if name == "vertex" else f"'{name}' item"
+    if e.message == "early end-of-file":
+        declared = "vertices" if name == "vertex" else f"'{name}' items"
+        return f"truncated PLY: {count} {declared} declared, {e.row or 0} found"
+    if not isinstance(stream, _AsciiPly):
+        return f"PLY element '{name}' item {(e.row or 0) + 1}: {e.message}"
+    where = f"line {stream.lineno}"
+    if e.message == "malformed input":
+        bad = next((f for f in stream.line.split() if not _is_float(f)), None)
+        if bad is not None:
+            return f"{where}: non-numeric field '{bad}' in {what}"
+        prop = f" '{e.prop.name}'" if e.prop is not None else ""
+        return f"{where}: bad value for property{prop} in {what}"
+    if e.message == "early end-of-line":
+        return f"{where}: {what} has too few fields"
+    if e.message == "expected end-of-line":
+        return f"{where}: {what} has too many fields"
+    return f"{where}: {e.message} in {what}"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -237,15 +216,11 @@ def write_obj(path: PathLike, points_Nx3: np.ndarray) -> None:
 
 
 def write_ply(path: PathLike, points_Nx3: np.ndarray, binary: bool = False) -> None:
-    """PLY with float x, y, z: ASCII (6 decimals) or binary little-endian float32, atomically."""
+    """PLY (via plyfile) with float32 x, y, z: ASCII (each float32 exactly) or binary little-endian, atomically."""
     points_Nx3 = _checked(path, np.asarray(points_Nx3, dtype=np.float64))
-    fmt = "binary_little_endian" if binary else "ascii"
-    header = (
-        f"ply\nformat {fmt} 1.0\ncomment holly-jax\nelement vertex {len(points_Nx3)}\n"
-        "property float x\nproperty float y\nproperty float z\nend_header\n"
-    ).encode("ascii")
-    if binary:
-        body = points_Nx3.astype("<f4").tobytes()
-    else:
-        body = "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points_Nx3.tolist()).encode("ascii")
-    write_atomic(path, header + body)
+    vertices = np.empty(len(points_Nx3), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    vertices["x"], vertices["y"], vertices["z"] = points_Nx3.T
+    ply = PlyData([PlyElement.describe(vertices, "vertex")], text=not binary, byte_order="<", comments=["holly-jax"])
+    buffer = io.BytesIO()
+    ply.write(buffer)
+    write_atomic(path, buffer.getvalue())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plyfile import PlyData, PlyElement
 
 from holly_jax.errors import InputError
 from holly_jax.pointfile import read_points, write_obj, write_ply, write_points
@@ -32,7 +33,7 @@ def test_teapot_first_and_last_vertex_match_the_text() -> None:
     path = SHARED_OBJS / "teapot_large.obj"
     if not path.exists():
         pytest.skip(f"{path} not present")
-    v_lines = [l.split() for l in path.read_text().splitlines() if l.startswith("v ")]
+    v_lines = [line.split() for line in path.read_text().splitlines() if line.startswith("v ")]
     points_Nx3 = read_points(path)
     np.testing.assert_array_equal(points_Nx3[0], np.float32([float(f) for f in v_lines[0][1:4]]))
     np.testing.assert_array_equal(points_Nx3[-1], np.float32([float(f) for f in v_lines[-1][1:4]]))
@@ -193,7 +194,7 @@ end_header
     np.testing.assert_array_equal(read_points(path), np.float32([[1, 2, 3], [4.5, -5, 6], [7, 8, 9]]))
 
 
-def test_binary_list_element_before_vertices_is_refused(tmp_path: Path) -> None:
+def test_binary_list_element_before_vertices(tmp_path: Path) -> None:
     header = (
         b"ply\nformat binary_little_endian 1.0\nelement face 1\n"
         b"property list uchar int vertex_indices\nelement vertex 1\n"
@@ -201,8 +202,113 @@ def test_binary_list_element_before_vertices_is_refused(tmp_path: Path) -> None:
     )
     path = tmp_path / "odd.ply"
     path.write_bytes(header + bytes([3]) + np.zeros(3, "<i4").tobytes() + np.ones(3, "<f4").tobytes())
-    with pytest.raises(InputError, match="unsupported PLY layout"):
-        read_points(path)
+    np.testing.assert_array_equal(read_points(path), np.ones((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("order, fmt", [("<", "binary_little_endian"), (">", "binary_big_endian")])
+def test_binary_faces_of_varying_length_before_vertices(tmp_path: Path, order: str, fmt: str) -> None:
+    rng = np.random.default_rng(2)
+    n = 9
+    xyz = rng.uniform(-1, 1, (n, 3))
+    lengths = [3, 4, 0, 7, 3, 1]
+    faces = b"".join(
+        np.uint8(k).tobytes() + rng.integers(0, n, k).astype(order + "i4").tobytes()
+        + np.array(0.5 * k, order + "f4").tobytes()
+        + np.array(k % 3, order + "u2").tobytes() + np.arange(k % 3, dtype=order + "u4").tobytes()
+        for k in lengths
+    )
+    vertices = np.zeros(n, [("z", order + "f8"), ("red", "u1"), ("x", order + "f8"), ("y", order + "f8")])
+    vertices["x"], vertices["y"], vertices["z"] = xyz.T
+    header = (
+        f"ply\nformat {fmt} 1.0\nelement face {len(lengths)}\nproperty list uchar int vertex_indices\n"
+        "property float quality\nproperty list ushort uint neighbours\n"
+        f"element vertex {n}\nproperty double z\nproperty uchar red\nproperty double x\nproperty double y\n"
+        "end_header\n"
+    ).encode("ascii")
+    path = tmp_path / "faces_first.ply"
+    path.write_bytes(header + faces + vertices.tobytes())
+    np.testing.assert_array_equal(read_points(path), xyz.astype(np.float32))
+
+
+_VERTEX_LIST_HEADER = (
+    "ply\nformat {fmt} 1.0\nelement vertex 3\nproperty float x\nproperty list uchar int ring\n"
+    "property float y\nproperty float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
+)
+
+
+def test_ascii_list_property_on_vertices(tmp_path: Path) -> None:
+    body = "1 2 0 1 2 3\n4 0 5 6\n7 3 1 2 3 8 9\n3 0 1 2\n"
+    path = _write(tmp_path / "ring.ply", _VERTEX_LIST_HEADER.format(fmt="ascii") + body)
+    np.testing.assert_array_equal(read_points(path), np.float32([[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
+
+
+@pytest.mark.parametrize("order, fmt", [("<", "binary_little_endian"), (">", "binary_big_endian")])
+def test_binary_list_property_on_vertices(tmp_path: Path, order: str, fmt: str) -> None:
+    xyz = np.random.default_rng(4).uniform(-1, 1, (3, 3)).astype(np.float32)
+    rings = [np.arange(2), np.arange(0), np.arange(5)]
+    body = b"".join(
+        np.array(x, order + "f4").tobytes() + np.uint8(len(ring)).tobytes() + ring.astype(order + "i4").tobytes()
+        + np.array([y, z], order + "f4").tobytes()
+        for (x, y, z), ring in zip(xyz, rings)
+    )
+    body += np.uint8(3).tobytes() + np.arange(3, dtype=order + "i4").tobytes()
+    path = _write(tmp_path / "ring.ply", _VERTEX_LIST_HEADER.format(fmt=fmt).encode("ascii") + body)
+    np.testing.assert_array_equal(read_points(path), xyz)
+
+
+@pytest.mark.parametrize("text, order", [(True, "="), (False, "<"), (False, ">")])
+def test_reads_files_written_by_plyfile(tmp_path: Path, text: bool, order: str) -> None:
+    # plyfile 1.1.5 writes the scalar properties of an element that has a list property in native byte
+    # order even in a file of the other order (and cannot read such a file back itself), so in a
+    # non-native binary file the list properties stand alone.
+    mixed = text or np.dtype(order + "i4").isnative
+    rng = np.random.default_rng(3)
+    n = 23
+    vertex = np.zeros(n, [("nx", "f4"), ("x", "f8"), ("y", "f4"), ("red", "u1"), ("z", "i2")] + [("ring", "O")] * mixed)
+    vertex["nx"], vertex["x"], vertex["y"] = rng.normal(size=(3, n))
+    vertex["red"], vertex["z"] = rng.integers(0, 256, n), rng.integers(-1000, 1000, n)
+    for i in range(n * mixed):
+        vertex["ring"][i] = rng.integers(0, n, i % 4).astype("i4")
+    face = np.zeros(5, [("vertex_indices", "O")] + [("flag", "i1")] * mixed)
+    for i in range(5):
+        face["vertex_indices"][i] = rng.integers(0, n, 3 + i).astype("i4")
+    ply = PlyData(
+        [PlyElement.describe(face, "face"), PlyElement.describe(vertex, "vertex")],
+        text=text, byte_order=order, comments=["written by plyfile"],
+    )
+    path = tmp_path / "theirs.ply"
+    ply.write(str(path))
+    expected = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float32)
+    np.testing.assert_array_equal(read_points(path), expected)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_plyfile_reads_our_files(tmp_path: Path, binary: bool) -> None:
+    points_Nx3 = _random_points()
+    path = tmp_path / "ours.ply"
+    write_ply(path, points_Nx3, binary=binary)
+    with open(path, "rb") as f:
+        ply = PlyData.read(f, mmap=False)
+    assert ply.text is not binary and ply.comments == ["holly-jax"]
+    assert ply.header.splitlines()[1] == ("format binary_little_endian 1.0" if binary else "format ascii 1.0")
+    assert [e.name for e in ply.elements] == ["vertex"]
+    assert [str(p) for p in ply["vertex"].properties] == ["property float x", "property float y", "property float z"]
+    back = np.stack([ply["vertex"][axis] for axis in ("x", "y", "z")], axis=1)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, points_Nx3)  # ASCII too: plyfile writes each float32 exactly
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_line_endings_blank_lines_and_non_ascii_comments(tmp_path: Path, newline: bytes) -> None:
+    lines = [
+        b"ply", b"format ascii 1.0", "comment d\u00e9j\u00e0 vu".encode("utf-8"), b"element vertex 2",
+        b"property float x", b"property float y", b"property float z", b"end_header  ", b"1 2 3", b"", b"  ", b"4 5 6",
+    ]
+    path = _write(tmp_path / "text.ply", newline.join(lines) + newline)
+    np.testing.assert_array_equal(read_points(path), np.float32([[1, 2, 3], [4, 5, 6]]))
+    header = newline.join([*lines[:7], b"end_header"]).replace(b"ascii", b"binary_big_endian") + newline
+    path = _write(tmp_path / "binary.ply", header + np.float32([1, 2, 3, 4, 5, 6]).astype(">f4").tobytes())
+    np.testing.assert_array_equal(read_points(path), np.float32([[1, 2, 3], [4, 5, 6]]))
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -233,6 +339,14 @@ BAD_INPUTS = {
     "badformat.ply": (
         _ply_header("binary_middle_endian", _XYZ, 1) + bytes(12), "unsupported PLY format"),
     "points.xyz": ("1 2 3\n", "unsupported point file type"),
+    "image.ply": (b"\x89PNG\r\n\x1a\n" + bytes(40), "not a PLY file"),
+    "int64.ply": (_ply_header("ascii", ["property int64 x", *_XYZ[1:]], 1).decode() + "1 2 3\n", "unsupported property"),
+    "listx.ply": (
+        _ply_header("ascii", ["property list uchar float x", *_XYZ[1:]], 1).decode() + "2 1 1 2 3\n", "is a list"),
+    "short_row.ply": (_ply_header("ascii", _XYZ, 2).decode() + "1 2 3\n4 5\n", "line 10: vertex has too few fields"),
+    "cut_faces.ply": (
+        _ply_header("ascii", _XYZ, 1, "element face 2\nproperty list uchar int vertex_indices").decode()
+        + "1 2 3\n3 0 0 0\n", "truncated PLY: 2 'face' items declared, 1 found"),
 }
 
 
@@ -259,6 +373,9 @@ def test_error_messages_name_line_and_vertex(tmp_path: Path) -> None:
         read_points(path)
     path = _write(tmp_path / "text.obj", BAD_INPUTS["text.obj"][0])
     with pytest.raises(InputError, match=r"line 2: non-numeric field 'two'"):
+        read_points(path)
+    path = _write(tmp_path / "text.ply", BAD_INPUTS["text.ply"][0])
+    with pytest.raises(InputError, match=r"text\.ply: line 10: non-numeric field 'x' in vertex$"):
         read_points(path)
 
 
