@@ -15,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from holly_jax import evaluate, infer, train
+from holly_jax import evaluate, infer, pipeline
 from holly_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -86,10 +86,10 @@ def main(argv):
     try:
         if FLAGS.mode == "train":
             require("config", "workdir")
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "evaluate":
             require("workdir")
-            evaluate.evaluate(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)
+            pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)
         elif FLAGS.mode == "infer":
             require("workdir", "input")
             infer.infer(FLAGS.workdir, FLAGS.input, FLAGS.output)

@@ -30,9 +30,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import render as render_bench  # noqa: E402
 from configs import default  # noqa: E402
-from holly_jax import simulate, train  # noqa: E402
+from holly_jax import input_pipeline, simulate, train  # noqa: E402
+from holly_jax.setup import Setup, create_setup  # noqa: E402
 
-CNN_GFLOP_PER_IMAGE = 0.68  # forward + backward at 128x128 (SPEC section 2)
+CNN_GFLOP_PER_IMAGE = 0.68  # forward + backward at 128x128 (docs/method.md §2)
 # Dense peak TFLOP/s from the vendors' specifications (float32 / bfloat16 tensor-core, no sparsity).
 GPU_PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0)}
 
@@ -53,7 +54,7 @@ def device_peak_tflops(dtype: str) -> tuple[float, str]:
     return cores * (mhz or 2500.0) * 1e6 * 32 / 1e12, f"estimate: {cores} cores x {mhz or 2500:.0f} MHz x 32 FLOP"
 
 
-def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -> train.Run:
+def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -> Setup:
     cfg = default.get_config()
     cfg.data.object = str(Path(__file__).resolve().parents[1] / "objs" / "asymmetric.obj")
     cfg.data.image_height = cfg.data.image_width = size
@@ -63,31 +64,31 @@ def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -
     cfg.model.dtype = dtype
     cfg.train.batch_size = batch
     cfg.train.epochs = 1
-    return train.setup(cfg)
+    return create_setup(cfg)
 
 
-def time_training(run: train.Run, steps: int, donate: bool = True, sync_each_step: bool = False) -> dict:
+def time_training(setup: Setup, steps: int, donate: bool = True, sync_each_step: bool = False) -> dict:
     """Compile time and steady images/s of the jitted train step."""
-    state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
-    fns = train.make_steps(run)
+    state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
+    fns = train.make_steps(setup)
     step_fn = fns.train if donate else jax.jit(fns.train.__wrapped__)
-    batch = next(train.train_batches(run, 0))
+    batch = next(input_pipeline.train_batches(setup, 0))
     start = time.perf_counter()
-    state, metrics = step_fn(state, run.ds.data, batch)
+    state, metrics = step_fn(state, setup.ds.arrays, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, run.ds.data, batch)
+        state, metrics = step_fn(state, setup.ds.arrays, batch)
         if sync_each_step:
             float(metrics["train_loss"])
     jax.block_until_ready(metrics)
-    return {"compile_s": compile_s, "images_per_s": steps * run.batch_size / (time.perf_counter() - start)}
+    return {"compile_s": compile_s, "images_per_s": steps * setup.batch_size / (time.perf_counter() - start)}
 
 
-def time_sigma_schedule(run: train.Run, steps: int, static: bool) -> float:
+def time_sigma_schedule(setup: Setup, steps: int, static: bool) -> float:
     """Images/s rendering targets while sigma changes every step: as data, or as a static argument."""
-    sim, opts, size, b = run.ds.data, run.ds.opts, run.ds.size, run.batch_size
+    sim, opts, size, b = setup.ds.arrays, setup.ds.opts, setup.ds.size, setup.batch_size
     idx = jnp.arange(b)
     if static:
         fn = jax.jit(lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size),
@@ -118,20 +119,20 @@ def main() -> None:
 
     results["training"] = {}
     for batch in ((20, 32, 256, 1024) if gpu else (20, 32)):
-        run = training_setup(128, 230, batch)
-        figures = time_training(run, steps)
+        setup = training_setup(128, 230, batch)
+        figures = time_training(setup, steps)
         peak, source = device_peak_tflops("float32")
         figures["cnn_flop_share"] = figures["images_per_s"] * CNN_GFLOP_PER_IMAGE * 1e9 / (peak * 1e12)
         figures["peak_tflops"], figures["peak_source"] = peak, source
         results["training"][f"batch_{batch}"] = figures
 
     batch = 256 if gpu else 20
-    run = training_setup(128, 230, batch)
-    base = time_training(run, steps)["images_per_s"]
-    ratios = {"donated_state_vs_copied": base / time_training(run, steps, donate=False)["images_per_s"],
-              "no_host_sync_vs_sync_each_step": base / time_training(run, steps, sync_each_step=True)["images_per_s"],
-              "sigma_as_data_vs_static_recompiling": time_sigma_schedule(run, steps, static=False)
-              / time_sigma_schedule(run, min(steps, 8), static=True)}
+    setup = training_setup(128, 230, batch)
+    base = time_training(setup, steps)["images_per_s"]
+    ratios = {"donated_state_vs_copied": base / time_training(setup, steps, donate=False)["images_per_s"],
+              "no_host_sync_vs_sync_each_step": base / time_training(setup, steps, sync_each_step=True)["images_per_s"],
+              "sigma_as_data_vs_static_recompiling": time_sigma_schedule(setup, steps, static=False)
+              / time_sigma_schedule(setup, min(steps, 8), static=True)}
     bf16 = time_training(training_setup(128, 230, batch, "bfloat16"), steps)["images_per_s"]
     ratios["bfloat16_convs_vs_float32"] = bf16 / base
     results["optimisation_ratios"] = {"batch": batch, **ratios}

@@ -1,14 +1,15 @@
-"""Training data from a config, checked up front: simulated items, or real FITS image sets.
+"""Training data from a config, checked up front: simulated items, FITS image sets or localisation particles.
 
-Simulated data render their targets inside the jitted step from a table of
-items; a FITS data set hands the step batches of images gathered on the host
-(blurred inside the step at the schedule's sigma when the folder holds one set,
-or read from the folder of the schedule's current entry when it holds one
-subfolder per sigma).
+A ``Dataset`` holds the item splits and, in ``arrays``, the device arrays the
+jitted step reads to make a batch's target images (``targets``): simulated
+items and localisation particles are drawn inside the step from tables of
+items (docs/method.md §3); a FITS data set hands the step batches of images
+gathered on the host (blurred inside the step at the schedule's sigma when the
+folder holds one set, or read from the folder of the schedule's current entry
+when it holds one subfolder per sigma).
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,23 +18,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from holly_jax import imagesets, locs, pointfile, render, rotations, schedule, simulate
+from holly_jax import fits, locs, pointfile, render, rotations, salts, schedule, simulate
 from holly_jax.errors import InputError
 
 
-class SimData(NamedTuple):
-    """Everything the jitted step reads to draw and render a batch of targets (device arrays)."""
+class SimulatedArrays(NamedTuple):
+    """Everything the jitted step reads to draw and render a batch of simulated targets."""
     gt_Nx3: jax.Array
     table: simulate.Table
     sigmas_S: jax.Array
 
 
-class ImageData(NamedTuple):
+class FitsArrays(NamedTuple):
     """What the jitted step reads besides the batch of FITS images: the sigma list."""
     sigmas_S: jax.Array
 
 
-class LocsData(NamedTuple):
+class LocsArrays(NamedTuple):
     """Particles from a localisation table, in object units (see ``load_locs``), for the jitted step."""
     xy_PxLx2: jax.Array
     mask_PxL: jax.Array
@@ -41,53 +42,19 @@ class LocsData(NamedTuple):
     key: jax.Array  # in-plane rotation angles derive from it, the step and the batch position
 
 
+DataArrays = SimulatedArrays | FitsArrays | LocsArrays  # what the jitted steps take as their data argument
+
+
 class Dataset(NamedTuple):
-    data: SimData | ImageData | LocsData
+    arrays: DataArrays
     splits: dict[str, np.ndarray]  # item (or image) indices per split
     opts: simulate.SimOptions | None
     size: tuple[int, int]
     source: str = "simulated"
-    images: "ImageSource | None" = None
+    fits_images: fits.FitsImages | None = None  # the image folders of a FITS data set
 
 
 SOURCES = ("simulated", "fits", "locs")
-
-
-class ImageSource:
-    """The FITS images for each schedule entry: one folder blurred on the device, or one folder per sigma.
-
-    Only the current entry's folder is held (memory-mapped when large); moving to an entry with another
-    folder loads it, and its usable images must be the same files as the first folder's.
-    """
-
-    def __init__(self, entry_folders: list[Path], blur: bool, size: tuple[int, int], cache_dir: Path | None):
-        self.entry_folders, self.blur, self.size, self.cache_dir = entry_folders, blur, size, cache_dir
-        self.loaded: dict[Path, imagesets.ImageSet] = {}  # at most two: the training and the evaluation entry
-        self.names: list[str] | None = None
-        self.skipped = 0
-        self.lock = threading.Lock()  # batches are gathered on a background thread
-        self.load(entry_folders[0])
-
-    def load(self, folder: Path) -> imagesets.ImageSet:
-        with self.lock:
-            if folder not in self.loaded:
-                loaded = imagesets.load_folder(folder, self.size, self.cache_dir)
-                names = [Path(f).name for f in loaded.files]
-                if self.names is not None and names != self.names:
-                    raise InputError(folder, f"its usable images differ from those in {self.entry_folders[0]} "
-                                             "(each sigma folder must hold the same images)")
-                self.names = names
-                self.skipped += len(loaded.skipped)
-                if len(self.loaded) >= 2:
-                    del self.loaded[next(iter(self.loaded))]
-                self.loaded[folder] = loaded
-            return self.loaded[folder]
-
-    def images_for_entry(self, entry: int) -> np.ndarray:
-        return self.load(self.entry_folders[entry]).images_NxHxW
-
-    def __len__(self) -> int:
-        return len(self.names)
 
 
 def sim_options(cfg: ml_collections.ConfigDict) -> simulate.SimOptions:
@@ -143,13 +110,12 @@ def load(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None
     opts = sim_options(cfg)
     sizes = {"train": int(cfg.data.train_size), "test": int(cfg.data.test_size), "valid": int(cfg.data.valid_size)}
     allocation = simulate.read_allocation(cfg.data.allocation) if cfg.data.allocation else None
-    key = jax.random.key(cfg.seed)
-    k_table, k_split = jax.random.split(jax.random.fold_in(key, 1))
+    k_table, k_split = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salts.DATA))
     splits = simulate.split(k_split, sizes, opts.num_aug, allocation)
     check_batching(batch_size, len(splits["train"]), len(splits["test"]))
     table = simulate.make_table_jit(k_table, sum(sizes.values()), opts)
-    data = SimData(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
-    return Dataset(data, splits, opts, image_size(cfg))
+    arrays = SimulatedArrays(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
+    return Dataset(arrays, splits, opts, image_size(cfg))
 
 
 def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None) -> Dataset:
@@ -160,7 +126,7 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
     if not path.is_dir():
         raise InputError(path, "data folder not found")
     sig = sigmas(cfg)
-    by_sigma = imagesets.sigma_folders(path)
+    by_sigma = fits.sigma_folders(path)
     if by_sigma:
         if cfg.sigma.interpolate:
             raise InputError(path, "holds one folder per sigma, so the schedule must be stepped: set "
@@ -172,11 +138,11 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
                 have = ", ".join(p.name for p in sorted(by_sigma.values()))
                 raise InputError(path, f"no folder for sigma {float(s):g} of the schedule (folders: {have})")
             entry_folders.append(match[0])
-        source = ImageSource(entry_folders, blur=False, size=image_size(cfg), cache_dir=cache_dir)
+        images = fits.FitsImages(entry_folders, blur=False, size=image_size(cfg), cache_dir=cache_dir)
     else:
-        source = ImageSource([path] * len(sig), blur=True, size=image_size(cfg), cache_dir=cache_dir)
-    splits = real_splits(cfg, len(source), batch_size, path)
-    return Dataset(ImageData(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", source)
+        images = fits.FitsImages([path] * len(sig), blur=True, size=image_size(cfg), cache_dir=cache_dir)
+    splits = real_splits(cfg, len(images), batch_size, path)
+    return Dataset(FitsArrays(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", images)
 
 
 def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source) -> dict[str, np.ndarray]:
@@ -193,7 +159,7 @@ def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source)
         n_train = min(n_train, int(cfg.data.train_size))
     if batch_size <= 0 or batch_size > n_train:
         raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training items")
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), 1), n))
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), salts.DATA), n))
     splits = {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
               "train": order[n_test + n_valid:n_test + n_valid + n_train]}
     return {k: v.astype(np.int32) for k, v in splits.items()}
@@ -207,14 +173,14 @@ def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
         raise InputError(None, f"config.data.pixel_nm must be positive, got {cfg.data.pixel_nm}")
     parts = locs.particles(locs.read(cfg.data.path), cfg.data.path)
     h, w = image_size(cfg)
-    units_per_nm = 1.0 / (cfg.data.pixel_nm * h / 4.0)  # an object unit spans H/4 pixels (SPEC section 1)
-    data = LocsData(jnp.asarray(parts.xy_PxLx2 * units_per_nm), jnp.asarray(parts.mask_PxL),
-                    jnp.asarray(sigmas(cfg)), jax.random.fold_in(jax.random.key(cfg.seed), 3))
+    units_per_nm = 1.0 / (cfg.data.pixel_nm * h / 4.0)  # an object unit spans H/4 pixels (docs/method.md §7)
+    arrays = LocsArrays(jnp.asarray(parts.xy_PxLx2 * units_per_nm), jnp.asarray(parts.mask_PxL),
+                        jnp.asarray(sigmas(cfg)), jax.random.fold_in(jax.random.key(cfg.seed), salts.LOCS_ANGLES))
     splits = real_splits(cfg, len(parts.groups), batch_size, cfg.data.path)
-    return Dataset(data, splits, None, (h, w), "locs")
+    return Dataset(arrays, splits, None, (h, w), "locs")
 
 
-def render_particles(d: LocsData, idx_B: jax.Array, sigma: jax.Array, step: jax.Array,
+def render_particles(d: LocsArrays, idx_B: jax.Array, sigma: jax.Array, step: jax.Array,
                      size: tuple[int, int]) -> jax.Array:
     """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, particle):
     the same particle at the same step is the same image."""
@@ -225,3 +191,15 @@ def render_particles(d: LocsData, idx_B: jax.Array, sigma: jax.Array, step: jax.
     xy = d.xy_PxLx2[idx_B]
     points = jnp.concatenate([xy, jnp.zeros(xy.shape[:-1] + (1,), xy.dtype)], axis=-1)
     return render.render_items(points, R, jnp.zeros((b, 2)), jnp.full((b,), sigma), d.mask_PxL[idx_B], size)
+
+
+def targets(ds: Dataset, arrays: DataArrays, batch: jax.Array, sigma: jax.Array, step: jax.Array) -> jax.Array:
+    """A batch's target images at ``sigma``: simulated items or localisation particles (item indices in
+    ``batch``) drawn inside the step, or FITS images (``batch`` holds the images; blurred when the data folder
+    holds one set). ``step`` picks the particles' in-plane angles."""
+    if ds.source == "simulated":
+        return simulate.render_targets(arrays.gt_Nx3, arrays.table, batch, jnp.full(batch.shape, sigma), ds.opts,
+                                       ds.size)
+    if ds.source == "locs":
+        return render_particles(arrays, batch, sigma, step, ds.size)
+    return fits.blur(batch, sigma) if ds.fits_images.blur else batch

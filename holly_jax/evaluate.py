@@ -1,85 +1,40 @@
 """Evaluating a trained run: metrics against a ground truth, renders, montages, an animation, a report.
 
-``evaluate(workdir)`` loads the run's config and latest checkpoint and writes
-``WORKDIR/eval/``: ``metrics.json`` (aligned Chamfer and Hausdorff distances,
-rotation error of the predicted poses on held-out renders after one global
-alignment, held-out loss), the aligned cloud beside the ground truth as PLY,
-pictures, an animation, and ``WORKDIR/report.html``.
+``evaluate(setup, state, workdir)`` writes ``WORKDIR/eval/``: ``metrics.json``
+(aligned Chamfer and Hausdorff distances, rotation errors of the predicted
+poses after one global alignment, held-out loss; docs/method.md §8), the
+aligned cloud beside the ground truth as PLY, pictures, an animation, and
+``WORKDIR/report.html``. It needs the run's setup and state, not how they
+were made: the pipeline hands them over after training, or reads them back
+from a workdir.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from holly_jax import (
+    data,
+    forward,
+    input_pipeline,
+    metrics,
+    outputs,
+    plots,
+    pointfile,
+    poses,
+    refine,
+    render,
+    rotations,
+)
 from holly_jax.atomic import write_atomic
-from holly_jax import (data, imagesets, metrics, outputs, plots, pointfile, poses, refine, render, rotations,
-                       simulate, train)
-from holly_jax.errors import InputError
+from holly_jax.setup import Setup
+from holly_jax.train import TrainState
 
 DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", "euler:45,30,60", "euler:180,0,0")
-
-
-def load_run(workdir: str | Path) -> tuple[train.Run, train.TrainState]:
-    """The run a workdir holds: its config and its latest checkpoint."""
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise InputError(config_path, "not found: is this a holly-jax workdir?")
-    try:
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(config_path, f"not a readable config ({e.__class__.__name__})") from None
-    cfg = with_defaults(saved)
-    run = train.setup(cfg)
-    mngr = train.checkpoint_manager(workdir, cfg)
-    if mngr.latest_step() is None:
-        raise InputError(workdir / "checkpoints", "no checkpoint to evaluate")
-    return run, train.restore_or_init(run, mngr, workdir)
-
-
-def with_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A saved config over today's defaults, so runs from before a field existed still load."""
-    from configs import default
-
-    def merge(base: dict, over: dict) -> dict:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in over.items()}}
-    return ml_collections.ConfigDict(merge(default.get_config().to_dict(), saved))
-
-
-def final_sigma(run: train.Run) -> float:
-    return float(train.sigma_now(run, run.ds.data.sigmas_S, run.total_steps))
-
-
-def _batched(fn, n: int, batch: int):
-    """Apply ``fn(start, stop)`` over [0, n) in fixed-size chunks (the last one padded) and concatenate."""
-    outs = [jax.device_get(fn(start, min(start + batch, n))) for start in range(0, n, batch)]
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
-
-
-class Predictor:
-    """Network poses for batches of images and the learned points drawn at them (jitted once)."""
-
-    def __init__(self, run: train.Run, state: train.TrainState, batch: int = 32):
-        self.run, self.state, self.batch = run, state, batch
-        self._fn = jax.jit(lambda st, images, sigma: train.predict(run, st.params, st.batch_stats, images, sigma))
-
-    def __call__(self, images_BxHxW: np.ndarray, sigma: float) -> train.Prediction:
-        images = np.asarray(images_BxHxW, np.float32)
-        n = len(images)
-
-        def chunk(start, stop):
-            x = images[start:stop]
-            x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)]) if len(x) < self.batch else x
-            out = self._fn(self.state, jnp.asarray(x), jnp.float32(sigma))
-            return out._replace(batch_stats=None)
-        return _batched(chunk, n, self.batch)
 
 
 def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size: tuple[int, int]) -> np.ndarray:
@@ -89,38 +44,28 @@ def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size:
                                           jnp.zeros((b, 2)), jnp.full((b,), sigma), size))
 
 
-def held_out(run: train.Run, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
+def held_out(setup: Setup, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
     """Validation (else test) targets at ``sigma`` and, for simulated data, their true rotations."""
-    idx = run.ds.splits["valid"] if len(run.ds.splits["valid"]) else run.ds.splits["test"]
-    return images_of(run, np.asarray(idx[:limit]), sigma)
+    idx = setup.ds.splits["valid"] if len(setup.ds.splits["valid"]) else setup.ds.splits["test"]
+    return images_of(setup, np.asarray(idx[:limit]), sigma)
 
 
-def true_rotations(run: train.Run, idx: np.ndarray) -> np.ndarray:
+def true_rotations(setup: Setup, idx: np.ndarray) -> np.ndarray:
     """The rotations simulated items were drawn at."""
-    return np.asarray(_matrices_from_axis_angle(run.ds.data.table.rotation_Mx3[jnp.asarray(idx)]))
+    return np.asarray(_matrices_from_axis_angle(setup.ds.arrays.table.rotation_Mx3[jnp.asarray(idx)]))
 
 
-def images_of(run: train.Run, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Items' target images at ``sigma`` and, for simulated data, their true rotations."""
+def images_of(setup: Setup, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Items' target images at ``sigma`` (FITS images from the schedule's final entry, localisation particles
+    at their step-0 angles) and, for simulated data, their true rotations."""
     if len(idx) == 0:
-        return np.zeros((0, *run.ds.size), np.float32), None
-    if run.ds.source == "locs":
-        return np.asarray(_particles(run.ds.data, jnp.asarray(idx), jnp.float32(sigma), 0, run.ds.size)), None
-    if run.ds.source == "fits":
-        images = train.host_batch(run, idx, run.total_steps)
-        if run.ds.images.blur:
-            images = np.asarray(_blur(jnp.asarray(images), jnp.float32(sigma)))
-        return images, None
-    sim = run.ds.data
-    targets = _batched(lambda a, b: _render_targets(sim.gt_Nx3, sim.table, jnp.asarray(idx[a:b]),
-                                                    jnp.full((b - a,), sigma), run.ds.opts, run.ds.size),
-                       len(idx), 64)
-    return targets, true_rotations(run, idx)
-
-
-_blur = jax.jit(imagesets.blur)
-_particles = jax.jit(data.render_particles, static_argnums=4)
-_render_targets = jax.jit(simulate.render_targets, static_argnums=(4, 5))
+        return np.zeros((0, *setup.ds.size), np.float32), None
+    targets_of = jax.jit(lambda arrays, batch, sigma: data.targets(setup.ds, arrays, batch, sigma, jnp.int32(0)))
+    chunk = lambda a, b: targets_of(setup.ds.arrays, jnp.asarray(input_pipeline.host_batch(setup, idx[a:b],
+                                                                                            setup.total_steps)),
+                                    jnp.float32(sigma))
+    targets = forward.batched(chunk, len(idx), 64)
+    return targets, (true_rotations(setup, idx) if setup.ds.source == "simulated" else None)
 
 
 _matrices_from_axis_angle = jax.jit(jax.vmap(rotations.axis_angle_to_matrix))
@@ -138,25 +83,16 @@ def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.nd
     return np.asarray(_matrices_from_quaternion(frames.reshape(-1, 4)))
 
 
-def evaluate(workdir: str | Path, truth: str | Path | None = None,
-             pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
-    """Evaluate the latest checkpoint of a run (with its refined points and poses, if it was refined); see
-    the module docstring for what is written."""
-    run, state = load_run(workdir)
-    refined = refine.load(workdir, run, state)
-    return evaluate_state(run, refine.with_points(state, refined), Path(workdir), truth, pose_texts, quiet, refined)
-
-
-def pose_errors(run: train.Run, predictor: Predictor, sigma: float, refined: refine.RefineState | None = None,
+def pose_errors(setup: Setup, predictor: forward.Predictor, sigma: float, refined: refine.RefineState | None = None,
                 limit: int = 1000) -> dict[str, Any]:
     """Rotation errors on the first ``limit`` training images (simulated data): the network's ("train_")
     and, after refinement, the pose table's ("refined_"), on the same images."""
-    if run.ds.source != "simulated":
+    if setup.ds.source != "simulated":
         return {}
-    idx = np.asarray(run.ds.splits["train"][:limit])
+    idx = np.asarray(setup.ds.splits["train"][:limit])
     if refined is not None:
         idx = idx[:len(refined.items_M)]  # the table's rows are the first training images
-    targets, R_true = images_of(run, idx, sigma)
+    targets, R_true = images_of(setup, idx, sigma)
     results = {"train_images": len(idx)}
     results.update({f"train_{k}": v for k, v in poses.rotation_error(R_true, predictor(targets, sigma).pose.R_Bx3x3)
                    .summary().items()})
@@ -166,23 +102,25 @@ def pose_errors(run: train.Run, predictor: Predictor, sigma: float, refined: ref
     return results
 
 
-def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth: str | Path | None = None,
-                   pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False,
-                   refined: refine.RefineState | None = None) -> dict[str, Any]:
+def evaluate(setup: Setup, state: TrainState, workdir: Path, truth: str | Path | None = None,
+             pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False,
+             refined: refine.RefineState | None = None) -> dict[str, Any]:
+    """Evaluate a run's state (carrying the refined points, if it was refined, with the refined poses in
+    ``refined``); see the module docstring for what is written."""
     out = workdir / "eval"
     rotations_given = np.stack([poses.parse_pose(p) for p in pose_texts]) if pose_texts else np.zeros((0, 3, 3))
-    truth_path = truth or (run.cfg.data.object if run.ds.source == "simulated" else None)
+    truth_path = truth or (setup.cfg.data.object if setup.ds.source == "simulated" else None)
     truth_Mx3 = pointfile.read_points(truth_path).astype(np.float64) if truth_path else None
     learned = np.asarray(state.params["points"], np.float64)
-    sigma = final_sigma(run)
-    predictor = Predictor(run, state)
+    sigma = forward.final_sigma(setup)
+    predictor = forward.Predictor(setup, state)
     results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path) if truth_path else None,
                                "sigma": sigma, "points": len(learned)}
     if refined is not None:
         results["refine_step"] = int(refined.step)
 
     if truth_Mx3 is not None:
-        alignment = metrics.align(learned, truth_Mx3, seed=int(run.cfg.seed))
+        alignment = metrics.align(learned, truth_Mx3, seed=int(setup.cfg.seed))
         aligned = alignment.apply(learned)
         results.update({"truth_points": len(truth_Mx3), "chamfer": alignment.chamfer,
                         "hausdorff": metrics.hausdorff(aligned, truth_Mx3), "cloud_mirrored": bool(alignment.mirrored),
@@ -194,7 +132,7 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
     else:
         plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
 
-    targets, R_true = held_out(run, sigma)
+    targets, R_true = held_out(setup, sigma)
     if len(targets):
         pred = predictor(targets, sigma)
         if R_true is not None:
@@ -202,23 +140,23 @@ def evaluate_state(run: train.Run, state: train.TrainState, workdir: Path, truth
         results.update({"heldout_images": len(targets), "heldout_loss": float(np.mean(pred.loss_B)),
                         "heldout_sigma_out": float(np.mean(pred.sigma_B))})
         k = min(16, len(targets))
-        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(run.ds.size))
-        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=plots.enlargement(run.ds.size))
-        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(run.ds.size))
+        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(setup.ds.size))
+        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=plots.enlargement(setup.ds.size))
+        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(setup.ds.size))
 
-    results.update(pose_errors(run, predictor, sigma, refined))
+    results.update(pose_errors(setup, predictor, sigma, refined))
 
     if truth_Mx3 is not None and len(rotations_given):
-        given = render_truth(truth_Mx3, rotations_given, sigma, run.ds.size)
+        given = render_truth(truth_Mx3, rotations_given, sigma, setup.ds.size)
         pred = predictor(given, sigma)
-        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=plots.enlargement(run.ds.size))
-        results["poses"] = [{"pose": text, "loss": float(l)} for text, l in zip(pose_texts, pred.loss_B)]
+        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=plots.enlargement(setup.ds.size))
+        results["poses"] = [{"pose": text, "loss": float(value)} for text, value in zip(pose_texts, pred.loss_B)]
 
     if truth_Mx3 is not None:
-        tour = tour_rotations(int(run.cfg.seed))
-        frames_in = render_truth(truth_Mx3, tour, sigma, run.ds.size)
+        tour = tour_rotations(int(setup.cfg.seed))
+        frames_in = render_truth(truth_Mx3, tour, sigma, setup.ds.size)
         frames_out = predictor(frames_in, sigma).images_BxHxW
-        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(run.ds.size))
+        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(setup.ds.size))
 
     outputs.write_json(out / "metrics.json", results)
     write_report(workdir, results)

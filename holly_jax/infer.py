@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from holly_jax import evaluate, fits, imagesets, loss, outputs, plots, pointfile, poses, render
+from holly_jax import fits, forward, loss, outputs, plots, pointfile, poses, render, workdirs
 from holly_jax.errors import InputError
 
 
@@ -19,7 +19,7 @@ def fits_files(path: str | Path) -> list[Path]:
     """One FITS file, or the FITS files of a folder in name order."""
     path = Path(path)
     if path.is_dir():
-        files = imagesets.fits_in(path)
+        files = fits.files_in(path)
         if not files:
             raise InputError(path, "folder has no FITS images (.fits, .fit, .fts)")
         return files
@@ -31,20 +31,21 @@ def fits_files(path: str | Path) -> list[Path]:
 def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = None,
           quiet: bool = False) -> list[dict[str, Any]]:
     """Predict each image's pose and sigma; write the guess as FITS and input|guess as PNG, plus infer.json."""
-    run, state = evaluate.load_run(workdir)
+    saved = workdirs.load(workdir)
+    setup, state = saved.setup, saved.state
     out = Path(out) if out else Path(workdir) / "infer"
     files = fits_files(input_path)
     images = []
     for f in files:
         image = fits.read_image(f)
-        if image.shape != run.ds.size:
+        if image.shape != setup.ds.size:
             raise InputError(f, f"image is {image.shape[0]}x{image.shape[1]}, the run was trained on "
-                                f"{run.ds.size[0]}x{run.ds.size[1]}")
+                                f"{setup.ds.size[0]}x{setup.ds.size[1]}")
         if image.sum() <= 0:
             raise InputError(f, "image has no positive intensity")
         images.append(image)
-    sigma = evaluate.final_sigma(run)
-    pred = evaluate.Predictor(run, state)(np.stack(images), sigma)
+    sigma = forward.final_sigma(setup)
+    pred = forward.Predictor(setup, state)(np.stack(images), sigma)
     results = []
     for i, f in enumerate(files):
         R = np.asarray(pred.pose.R_Bx3x3[i], np.float64)
@@ -56,7 +57,7 @@ def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = 
                         "loss": float(pred.loss_B[i])})
         fits.write_image(out / f"{f.stem}_guess.fits", pred.images_BxHxW[i], {"SIGMA": float(pred.sigma_B[i])})
         pair = plots.side_by_side(images[i][None], pred.images_BxHxW[i][None])[0]
-        plots.save_png(out / f"{f.stem}.png", pair, scale=plots.enlargement(run.ds.size))
+        plots.save_png(out / f"{f.stem}.png", pair, scale=plots.enlargement(setup.ds.size))
     outputs.write_json(out / "infer.json", results)
     if not quiet:
         for r in results:

@@ -2,7 +2,8 @@
 
 Whole files are written to a temporary name and renamed into place; the
 metrics log is append-only and, on resume, cut back to the restored step (a
-torn last line from a kill is dropped with it).
+torn last line from a kill is dropped with it). A ``Recorder`` sends each
+phase's records to the metrics log, TensorBoard and the console.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from holly_jax import pointfile
 from holly_jax.atomic import write_atomic
@@ -97,3 +99,39 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class Recorder:
+    """Where a run's records go: ``metrics.jsonl``, TensorBoard events under ``tb/``, and console lines.
+
+    Only the primary process (process 0) writes or prints. Opening it cuts the log back to ``resume_step``,
+    the step the restored state has seen (training and refinement steps counted together).
+    """
+
+    def __init__(self, workdir: Path, primary: bool = True, resume_step: int = 0):
+        self.primary = primary
+        self.log = MetricsLog(Path(workdir) / "metrics.jsonl")
+        self.tb = None
+        if primary:
+            self.log.truncate_after(resume_step)
+            self.tb = TensorBoard(Path(workdir) / "tb", purge_step=resume_step)
+
+    def say(self, message: str) -> None:
+        if self.primary:
+            tqdm.write(message)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.primary:
+            self.log.append(record)
+            self.tb.write(record)
+
+    def image(self, tag: str, image_HxW: np.ndarray, step: int) -> None:
+        if self.primary:
+            self.tb.image(tag, image_HxW, step)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.log.read()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

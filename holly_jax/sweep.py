@@ -1,8 +1,8 @@
 """Sweeps: train and evaluate a list of config variants, and gather their results into a pandas DataFrame.
 
     from holly_jax import sweep
-    frame = sweep.run("configs/quick.py", {"baseline": {}, "dropout": {"data.dropout": 0.1}},
-                      root="runs/robustness", scale="tiny")
+    frame = sweep.train_variants("configs/quick.py", {"baseline": {}, "dropout": {"data.dropout": 0.1}},
+                                 root="runs/robustness", scale="tiny")
 
 A variant is a dict of dotted config overrides, the same fields launch.py takes
 as ``--config.X=Y``; it trains in ``ROOT/NAME`` and is then evaluated. A
@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from holly_jax import evaluate, outputs, refine, schedule, train
+from holly_jax import input_pipeline, outputs, pipeline, refine, schedule, train
 from holly_jax.errors import InputError
+from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,22 +97,29 @@ def variant_config(base: str | Path | ml_collections.ConfigDict, changes: Mappin
     cfg = override(cfg, changes)
     if not Path(cfg.data.object).is_absolute() and not Path(cfg.data.object).exists():
         cfg.data.object = str(REPO / cfg.data.object)  # bundled shapes, wherever the notebook runs
-    cfg.train.report = False  # the sweep evaluates, and times it, on its own
     return cfg
 
 
-def run_one(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as JSON reads it back, without ``train.report`` (the sweep evaluates on its own, whatever it
+    says; runs saved before it was ignored recorded False)."""
+    config = json.loads(json.dumps(config))
+    config.get("train", {}).pop("report", None)
+    return config
+
+
+def train_variant(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Train (or resume) and evaluate one config in ``workdir``; a finished one is read back."""
     workdir = Path(workdir)
     done = workdir / DONE
     if done.exists():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        if saved.get("config") == json.loads(json.dumps(cfg.to_dict())):
+        if _comparable(saved.get("config", {})) == _comparable(cfg.to_dict()):
             return saved
     start = time.perf_counter()
-    train.train_and_evaluate(cfg, workdir)
+    pipeline.fit(cfg, workdir)
     trained = time.perf_counter()
-    results = evaluate.evaluate(workdir, pose_texts=(), quiet=True)
+    results = pipeline.evaluate_workdir(workdir, pose_texts=(), quiet=True)
     record = {"config": cfg.to_dict(), "train_s": trained - start, "eval_s": time.perf_counter() - trained,
               "results": {k: v for k, v in results.items() if not isinstance(v, (list, dict))},
               "last": _last_records(workdir)}
@@ -133,8 +141,8 @@ def _last_records(workdir: Path) -> dict[str, Any]:
     return last
 
 
-def run(base: str | Path | ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]], root: str | Path,
-        scale: str = "quick", quiet: bool = False) -> pd.DataFrame:
+def train_variants(base: str | Path | ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
+                   root: str | Path, scale: str = "quick", quiet: bool = False) -> pd.DataFrame:
     """Train and evaluate every variant (``{name: {dotted field: value}}``) under ``root/name``; one row per
     variant: its overrides, the evaluation's scalars (aligned Chamfer, rotation errors, held-out loss),
     the last logged losses, images/s, and the training and evaluation times in seconds."""
@@ -143,7 +151,7 @@ def run(base: str | Path | ml_collections.ConfigDict, variants: Mapping[str, Map
         cfg = variant_config(base, changes, scale)
         if not quiet:
             print(f"[{name}] {', '.join(f'{k}={v}' for k, v in changes.items()) or 'base config'}", flush=True)
-        record = run_one(cfg, Path(root) / name)
+        record = train_variant(cfg, Path(root) / name)
         rows.append({"variant": name, **{k: v for k, v in changes.items()}, "train_s": record["train_s"],
                      "eval_s": record["eval_s"], **record["last"], **record["results"]})
     return pd.DataFrame(rows).set_index("variant")
@@ -163,11 +171,12 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     timed over ``steps`` steps after compiling and ``steps`` untimed warm-up steps (on a CPU the first
     few dozen steps after compiling run several times slower than the rest), without writing anything:
     for comparisons at equal wall-clock time."""
-    run = train.setup(cfg)
-    state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
-    fns = train.make_steps(run)
-    batches = [jax.device_put(train.host_batch(run, train.epoch_order(run, 0)[i * run.batch_size:][:run.batch_size],
-                                               i), run.batch_sharded()) for i in range(2)]
+    setup = create_setup(cfg)
+    state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
+    fns = train.make_steps(setup)
+    order = input_pipeline.epoch_order(setup, 0)
+    batches = [jax.device_put(input_pipeline.host_batch(setup, order[i * setup.batch_size:][:setup.batch_size], i),
+                              setup.batch_sharded()) for i in range(2)]
 
     def timed(step, state, args):
         for i in range(steps + 1):  # compile, then warm up
@@ -180,13 +189,13 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
         return steps / (time.perf_counter() - start), state
 
     rates = {}
-    rates["train"], state = timed(fns.train, state, [(run.ds.data, b) for b in batches])
-    if cfg.refine.steps > 0:
-        ph = refine.phase(run)
-        rstate = refine.initial_state(run, state, ph)
+    rates["train"], state = timed(fns.train, state, [(setup.ds.arrays, b) for b in batches])
+    if refine.enabled(setup):
+        ph = refine.phase(setup)
+        rstate = refine.initial_state(setup, state, ph)
         rows = np.arange(ph.batch_size, dtype=np.int32)
-        args = [(run.ds.data, jax.device_put(rows, run.batch_sharded()),
-                 jax.device_put(train.host_batch(run, np.asarray(rstate.items_M)[rows], run.total_steps),
-                                run.batch_sharded()))]
-        rates["refine"], _ = timed(refine.make_step(run, ph), rstate, args)
+        args = [(setup.ds.arrays, jax.device_put(rows, setup.batch_sharded()),
+                 jax.device_put(input_pipeline.host_batch(setup, np.asarray(rstate.items_M)[rows], setup.total_steps),
+                                setup.batch_sharded()))]
+        rates["refine"], _ = timed(refine.make_step(setup, ph), rstate, args)
     return rates

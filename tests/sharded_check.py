@@ -13,20 +13,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import tiny  # noqa: E402
-from holly_jax import simulate, train  # noqa: E402
+from holly_jax import forward, input_pipeline, simulate, train  # noqa: E402
+from holly_jax.setup import create_setup  # noqa: E402
 
 STEPS = 3
 
 
-def first_gradient(run, state, idx):
+def first_gradient(setup, state, idx):
     """The gradient of the first step's loss, with the batch split as the train step splits it."""
-    sim = run.ds.data
-    sigma = train.sigma_now(run, sim.sigmas_S, 0)
+    sim = setup.ds.arrays
+    sigma = forward.sigma_now(setup, sim.sigmas_S, 0)
 
     def loss(params):
-        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full(idx.shape, sigma), run.ds.opts,
-                                          run.ds.size)
-        return jnp.sum(train.predict(run, params, state.batch_stats, targets, sigma, train=True).loss_B)
+        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full(idx.shape, sigma), setup.ds.opts,
+                                          setup.ds.size)
+        return jnp.sum(forward.predict(setup, params, state.batch_stats, targets, sigma, train=True).loss_B)
     return jax.jit(jax.grad(loss))(state.params)
 
 
@@ -34,16 +35,16 @@ def trained(devices):
     cfg = tiny.get_config()
     cfg.data.object = str(Path(__file__).resolve().parents[1] / "objs" / "asymmetric.obj")
     cfg.model.predict_sigma = True
-    run = train.setup(cfg, devices)
-    state = jax.device_put(train.create_state(run, train.initial_points(run)), run.replicated())
-    fns = train.make_steps(run)
-    batch = next(train.train_batches(run, 0))
-    grads = jax.device_get(first_gradient(run, state, batch))
+    setup = create_setup(cfg, devices)
+    state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
+    fns = train.make_steps(setup)
+    batch = next(input_pipeline.train_batches(setup, 0))
+    grads = jax.device_get(first_gradient(setup, state, batch))
     losses = []
     for _ in range(STEPS):
-        state, m = fns.train(state, run.ds.data, batch)
+        state, m = fns.train(state, setup.ds.arrays, batch)
         losses.append(float(m["train_loss"]))
-    return state, grads, losses, train.score_split(run, fns, state)["test_loss"], cfg.optim.lr
+    return state, grads, losses, train.split_loss(setup, fns, state)["test_loss"], cfg.optim.lr
 
 
 def main():

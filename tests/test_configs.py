@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from configs import default, quick
-from holly_jax import train
+from holly_jax.setup import check_config
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
                  if p.stem not in ("__init__", "default"))
@@ -40,7 +40,7 @@ def test_there_are_configs():
 def test_config_has_the_default_fields_and_passes_the_check(module, variant):
     cfg = module.get_config() if variant is None else module.get_config(variant)
     assert _fields(cfg) == _fields(default.get_config())
-    train.check_config(cfg)
+    check_config(cfg)
 
 
 def test_quick_single_head_is_the_same_recipe_with_the_original_method():

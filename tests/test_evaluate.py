@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from holly_jax import evaluate, fits, pointfile, train
+from holly_jax import fits, forward, pipeline, pointfile, workdirs
 
 REPO = Path(__file__).resolve().parents[1]
 OBJ = REPO / "objs" / "asymmetric.obj"
@@ -21,7 +21,7 @@ def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny.get_config()
     cfg.data.object = str(OBJ)
-    train.train_and_evaluate(cfg, workdir)  # ends with evaluation and report.html
+    pipeline.train_and_evaluate(cfg, workdir)  # ends with evaluation and report.html
     return workdir
 
 
@@ -80,8 +80,8 @@ def test_render_then_infer(run_dir, tmp_path):
     assert guess.shape == (32, 32) and guess.sum() > 0
     assert Image.open(tmp_path / "o" / "im1.png").size == ((2 * 32 + 2) * 4, 32 * 4)
     # the loss infer reports is the loss of the guess against the input
-    run, state = evaluate.load_run(run_dir)
-    pred = evaluate.Predictor(run, state)(np.stack([fits.read_image(images / "im1.fits")]), evaluate.final_sigma(run))
+    setup, state, _ = workdirs.load(run_dir)
+    pred = forward.Predictor(setup, state)(np.stack([fits.read_image(images / "im1.fits")]), forward.final_sigma(setup))
     assert results[1]["loss"] == pytest.approx(float(pred.loss_B[0]), rel=1e-5)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import fits, train
+from holly_jax import fits, input_pipeline, pipeline, train
+from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "fixtures" / "cep152-fits"
@@ -46,7 +47,7 @@ def test_real_cep152_images_train(tmp_path):
     cfg.sigma.interpolate = False
     cfg.data.test_size, cfg.data.valid_size = 2, 2
     cfg.train.batch_size = 2
-    state = train.train_and_evaluate(cfg, tmp_path)
+    state = pipeline.train_and_evaluate(cfg, tmp_path)
     assert int(state.step) == 2 * 3  # 6 training images, batch 2, 2 epochs
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_loss"]) for r in records)
@@ -58,16 +59,16 @@ def test_real_cep152_images_train(tmp_path):
 def test_single_folder_is_blurred_on_the_device_at_the_schedule_sigma(tmp_path):
     _images(tmp_path, 16, 0.0)
     cfg = _fits_config(tmp_path)
-    run = train.setup(cfg)
-    assert run.ds.images.blur and run.steps_per_epoch == 2  # 10 training images, batch 4: the remainder waits
-    steps = train.make_steps(run)
-    state = train.create_state(run, train.initial_points(run))
-    batch = train.host_batch(run, run.ds.splits["test"][:4], 0)
-    targets, _ = steps.sample(state, run.ds.data, batch)
+    setup = create_setup(cfg)
+    assert setup.ds.fits_images.blur and setup.steps_per_epoch == 2  # 10 training images, batch 4: the remainder waits
+    steps = train.make_steps(setup)
+    state = train.create_state(setup, train.initial_points(setup))
+    batch = input_pipeline.host_batch(setup, setup.ds.splits["test"][:4], 0)
+    targets, _ = steps.sample(state, setup.ds.arrays, batch)
     from scipy.ndimage import gaussian_filter
     want = gaussian_filter(np.asarray(batch[0], np.float64), 3.0, mode="constant", truncate=12)
     np.testing.assert_allclose(np.asarray(targets[0]), want, rtol=1e-4, atol=1e-6)
-    state = train.train_and_evaluate(cfg, tmp_path / "run")
+    state = pipeline.train_and_evaluate(cfg, tmp_path / "run")
     assert int(state.step) == 4
 
 
@@ -76,16 +77,16 @@ def test_sigma_folders_switch_as_the_schedule_moves(tmp_path):
     _images(tmp_path / "1.5", 16, 5.0, seed=2)
     cfg = _fits_config(tmp_path, sigmas="3,1.5")
     cfg.sigma.interpolate = False
-    run = train.setup(cfg)
-    assert not run.ds.images.blur
-    items = run.ds.splits["train"][:4]
+    setup = create_setup(cfg)
+    assert not setup.ds.fits_images.blur
+    items = setup.ds.splits["train"][:4]
     first, second = (np.stack([fits.read_image(tmp_path / d / f"img{i:03d}.fits") for i in items])
                      for d in ("03", "1.5"))
-    assert run.total_steps == 4
-    np.testing.assert_array_equal(train.host_batch(run, items, 0), first)  # position 0 of the list: sigma 3
-    np.testing.assert_array_equal(train.host_batch(run, items, 3), first)  # position 0.75: still entry 0
-    np.testing.assert_array_equal(train.host_batch(run, items, 4), second)  # the end: sigma 1.5
-    train.train_and_evaluate(cfg, tmp_path / "run")
+    assert setup.total_steps == 4
+    np.testing.assert_array_equal(input_pipeline.host_batch(setup, items, 0), first)  # position 0 of the list: sigma 3
+    np.testing.assert_array_equal(input_pipeline.host_batch(setup, items, 3), first)  # position 0.75: still entry 0
+    np.testing.assert_array_equal(input_pipeline.host_batch(setup, items, 4), second)  # the end: sigma 1.5
+    pipeline.train_and_evaluate(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["sigma_in"] for r in records] == [3.0, 3.0]
 

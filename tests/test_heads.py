@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import loss, model, render, simulate, train
+from holly_jax import forward, loss, model, pipeline, render, simulate, train
+from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,23 +20,23 @@ def _run(num_heads, **model_fields):
     cfg.model.num_heads = num_heads
     for k, v in model_fields.items():
         cfg.model[k] = v
-    run = train.setup(cfg)
-    return run, train.create_state(run, train.initial_points(run))
+    setup = create_setup(cfg)
+    return setup, train.create_state(setup, train.initial_points(setup))
 
 
-def _targets(run, n):
-    sim = run.ds.data
-    return simulate.render_targets(sim.gt_Nx3, sim.table, jnp.arange(n), jnp.full((n,), 2.0), run.ds.opts, run.ds.size)
+def _targets(setup, n):
+    sim = setup.ds.arrays
+    return simulate.render_targets(sim.gt_Nx3, sim.table, jnp.arange(n), jnp.full((n,), 2.0), setup.ds.opts, setup.ds.size)
 
 
 @pytest.mark.parametrize("predict_sigma", [False, True])
 def test_gradient_reaches_only_the_winning_head(predict_sigma):
     k = 4
-    run, state = _run(k, predict_sigma=predict_sigma)
-    targets = _targets(run, 3)
-    out = train.predict(run, state.params, state.batch_stats, targets, jnp.float32(2.0), train=True)
+    setup, state = _run(k, predict_sigma=predict_sigma)
+    targets = _targets(setup, 3)
+    out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0), train=True)
     winners = set(np.asarray(out.head_B).tolist())
-    grads = jax.grad(lambda p: jnp.sum(train.predict(run, p, state.batch_stats, targets, jnp.float32(2.0),
+    grads = jax.grad(lambda p: jnp.sum(forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0),
                                                      train=True).loss_B))(state.params)
     g = np.asarray(grads["net"]["fc2"]["kernel"]).reshape(256, k, -1)
     for head in range(k):
@@ -47,15 +48,15 @@ def test_gradient_reaches_only_the_winning_head(predict_sigma):
 
 
 def test_winner_is_the_hypothesis_with_the_lowest_loss():
-    run, state = _run(3)
-    targets = _targets(run, 4)
-    out = train.predict(run, state.params, state.batch_stats, targets, jnp.float32(2.0))
+    setup, state = _run(3)
+    targets = _targets(setup, 4)
+    out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0))
     variables = {"params": state.params["net"], "batch_stats": state.batch_stats}
-    pose = run.net.apply(variables, loss.normalise(targets, "basic"), train=False)
+    pose = setup.net.apply(variables, loss.normalise(targets, "basic"), train=False)
     assert pose.R_Bx3x3.shape == (4, 3, 3, 3)
     for h in range(3):  # every head drawn on its own
         img = render.render_poses(state.params["points"], pose.R_Bx3x3[:, h], pose.t_Bx2[:, h], jnp.full((4,), 2.0),
-                                  run.ds.size)
+                                  setup.ds.size)
         per = loss.l1_per_image(img, targets, "basic")
         assert np.all(np.asarray(out.loss_B) <= np.asarray(per) + 1e-4)
         chosen = np.asarray(out.head_B) == h
@@ -64,16 +65,16 @@ def test_winner_is_the_hypothesis_with_the_lowest_loss():
 
 
 def test_one_head_is_the_original_network_and_path():
-    run, state = _run(1)
+    setup, state = _run(1)
     default = model.HollyNet(predict_sigma=False, max_trans=0.1)
-    original = default.init(jax.random.key(run.cfg.seed), jnp.zeros((1, *run.ds.size)), train=False)
+    original = default.init(jax.random.key(setup.cfg.seed), jnp.zeros((1, *setup.ds.size)), train=False)
     for a, b in zip(jax.tree.leaves(original["params"]), jax.tree.leaves(state.params["net"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert state.params["net"]["fc2"]["kernel"].shape == (256, 5)
-    targets = _targets(run, 4)
-    out = train.predict(run, state.params, state.batch_stats, targets, jnp.float32(2.0))
+    targets = _targets(setup, 4)
+    out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0))
     pose = default.apply(original, loss.normalise(targets, "basic"), train=False)
-    images = render.render_poses(state.params["points"], pose.R_Bx3x3, pose.t_Bx2, jnp.full((4,), 2.0), run.ds.size)
+    images = render.render_poses(state.params["points"], pose.R_Bx3x3, pose.t_Bx2, jnp.full((4,), 2.0), setup.ds.size)
     np.testing.assert_array_equal(np.asarray(out.images_BxHxW), np.asarray(images))
     np.testing.assert_array_equal(np.asarray(out.loss_B), np.asarray(loss.l1_per_image(images, targets, "basic")))
     assert not np.any(np.asarray(out.head_B))
@@ -85,7 +86,7 @@ def test_training_with_heads_records_how_often_each_wins(tmp_path):
     cfg.model.num_heads = 4
     cfg.train.epochs = 1
     cfg.train.report = False
-    train.train_and_evaluate(cfg, tmp_path)
+    pipeline.train_and_evaluate(cfg, tmp_path)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     wins = [record[f"head{k}_wins"] for k in range(4)]
     assert sum(wins) == pytest.approx(1.0) and all(0 <= w <= 1 for w in wins)

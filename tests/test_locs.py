@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import data, locs, pointfile, train
+from holly_jax import data, locs, pipeline, pointfile
 from holly_jax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_bad_files(tmp_path, case):
 def test_particle_images_are_centred_and_hold_every_localisation():
     xy = np.random.default_rng(0).normal(0, 40.0, (1, 50, 2)).astype(np.float32)
     xy -= xy.mean(1, keepdims=True)
-    d = data.LocsData(jnp.asarray(xy / (10.0 * 64 / 4)), jnp.ones((1, 50)), jnp.asarray([2.0]),
+    d = data.LocsArrays(jnp.asarray(xy / (10.0 * 64 / 4)), jnp.ones((1, 50)), jnp.asarray([2.0]),
                       __import__("jax").random.key(0))
     images = np.asarray(data.render_particles(d, jnp.asarray([0, 0]), jnp.float32(2.0), jnp.int32(5), (64, 64)))
     assert images[0].sum() == pytest.approx(50.0, rel=1e-3)  # every Gaussian inside the frame sums to 1
@@ -111,7 +111,7 @@ def test_training_on_localisations(sim, tmp_path, suffix):
     cfg.train.epochs = 1
     cfg.train.steps = 6
     cfg.train.log_every = 3
-    state = train.train_and_evaluate(cfg, tmp_path / "run")
+    state = pipeline.train_and_evaluate(cfg, tmp_path / "run")
     assert int(state.step) == 6
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_loss"]) for r in records)

@@ -29,14 +29,14 @@ def test_notebook_executes_at_tiny_scale(path, tmp_path):
 
 def test_sweep_runs_reads_back_and_tabulates(tmp_path):
     variants = {"a": {"points.num": 30}, "b": {"points.num": 40, "sigma.list": "2.0"}}
-    frame = sweep.run("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)
+    frame = sweep.train_variants("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)
     assert list(frame.index) == ["a", "b"] and list(frame["points.num"]) == [30, 40]
     assert frame.loc["b", "final_sigma_in"] == pytest.approx(2.0)
     assert (frame["points"] == frame["points.num"]).all()  # the evaluation saw each variant's own cloud
     for column in ("chamfer", "rotation_error_median_deg", "train_s", "final_test_loss"):
         assert frame[column].notna().all(), column
     mtime = (tmp_path / "a" / sweep.DONE).stat().st_mtime
-    again = sweep.run("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)  # read back, not rerun
+    again = sweep.train_variants("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)  # read back, not rerun
     assert (tmp_path / "a" / sweep.DONE).stat().st_mtime == mtime
     assert again["chamfer"].tolist() == frame["chamfer"].tolist()
 

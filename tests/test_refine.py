@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_fits_training import _fits_config, _images
 
 from configs import tiny
-from holly_jax import evaluate, refine, rotations, train
-from test_fits_training import _fits_config, _images
+from holly_jax import evaluate, pipeline, refine, rotations, train, workdirs
+from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,10 +28,10 @@ def _config(**overrides):
 
 
 def _start(cfg):
-    run = train.setup(cfg)
-    state = train.create_state(run, train.initial_points(run))
-    ph = refine.phase(run)
-    return run, state, ph, refine.initial_state(run, state, ph)
+    setup = create_setup(cfg)
+    state = train.create_state(setup, train.initial_points(setup))
+    ph = refine.phase(setup)
+    return setup, state, ph, refine.initial_state(setup, state, ph)
 
 
 def test_sparse_adam_matches_optax_adam_row_by_row():
@@ -66,14 +67,14 @@ def test_sparse_adam_matches_optax_adam_row_by_row():
 
 def test_a_step_changes_only_the_rows_of_its_batch():
     cfg = _config()
-    run, _, ph, rstate = _start(cfg)
-    step = refine.make_step(run, ph)
+    setup, _, ph, rstate = _start(cfg)
+    step = refine.make_step(setup, ph)
     items = np.asarray(rstate.items_M)
     for rows in ([0, 1, 2, 3, 4, 5, 6, 7], [20, 21, 22, 23, 24, 25, 26, 27]):  # moments in two groups of rows
-        rstate, _ = step(rstate, run.ds.data, jnp.asarray(rows), jnp.asarray(items[rows]))
+        rstate, _ = step(rstate, setup.ds.arrays, jnp.asarray(rows), jnp.asarray(items[rows]))
     before = jax.device_get(rstate)
     batch = np.asarray([3, 9, 11, 17, 21, 30, 31, 5])
-    after, metrics = step(rstate, run.ds.data, jnp.asarray(batch), jnp.asarray(items[batch]))
+    after, metrics = step(rstate, setup.ds.arrays, jnp.asarray(batch), jnp.asarray(items[batch]))
     after = jax.device_get(after)
     others = np.setdiff1d(np.arange(ph.rows), batch)
     for name in ("rows", "mu", "nu"):
@@ -90,23 +91,23 @@ def test_a_step_changes_only_the_rows_of_its_batch():
 
 def test_refinement_recovers_perturbed_poses_with_the_true_points():
     cfg = _config(**{"points.fixed": str(REPO / "objs" / "asymmetric.ply"), "refine.lr": 1e-2})
-    run, _, ph, rstate = _start(cfg)
+    setup, _, ph, rstate = _start(cfg)
     items = np.asarray(rstate.items_M)
-    R_true = evaluate.true_rotations(run, items)
+    R_true = evaluate.true_rotations(setup, items)
     axes = np.random.default_rng(1).normal(size=(len(items), 3))
     tilt = axes / np.linalg.norm(axes, axis=1, keepdims=True) * np.deg2rad(8.0)
     R_start = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(jnp.asarray(tilt, jnp.float32))) @ R_true
-    t_true = np.asarray(run.ds.data.table.translation_Mx2)[items]
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
     rstate = rstate.replace(R0_Mx3x3=jnp.asarray(R_start, jnp.float32),
                             rows={**rstate.rows, "t": jnp.asarray(t_true + 0.01, jnp.float32)})
     def err(s):  # the angle of R_true^T R per image, in degrees
         rel = np.einsum("bji,bjk->bik", R_true, np.asarray(refine.rotations_of(s), np.float64))
         return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
     assert np.median(err(rstate)) == pytest.approx(8.0, abs=1e-3)
-    step = refine.make_step(run, ph)
+    step = refine.make_step(setup, ph)
     for s in range(300):
         rows = np.arange(8 * (s % 4), 8 * (s % 4) + 8)
-        rstate, _ = step(rstate, run.ds.data, jnp.asarray(rows), jnp.asarray(items[rows]))
+        rstate, _ = step(rstate, setup.ds.arrays, jnp.asarray(rows), jnp.asarray(items[rows]))
     assert np.median(err(rstate)) < 1.0
     t_err = np.abs(np.asarray(rstate.rows["t"]) - t_true)
     assert t_err.max() < 5e-3 and np.median(t_err) < 1e-3  # from 0.01 off
@@ -115,14 +116,14 @@ def test_refinement_recovers_perturbed_poses_with_the_true_points():
 def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
     cfg = _config(**{"train.save_every": 4})
     quiet = _config(**{"train.save_every": 4, "train.report": False})  # evaluated once, at the end
-    train.train_and_evaluate(quiet, tmp_path / "whole")
-    train.train_and_evaluate(quiet, tmp_path / "cut")
+    pipeline.train_and_evaluate(quiet, tmp_path / "whole")
+    pipeline.train_and_evaluate(quiet, tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "refine" / "checkpoints" / "12")  # as if killed after refinement step 8
     (tmp_path / "cut" / "final.ply").unlink()
-    train.train_and_evaluate(cfg, tmp_path / "cut")
+    pipeline.train_and_evaluate(cfg, tmp_path / "cut")
     assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "cut" / "final.ply").read_bytes()
-    run, state = evaluate.load_run(tmp_path / "cut")
-    a, b = refine.load(tmp_path / "whole", run, state), refine.load(tmp_path / "cut", run, state)
+    setup, state, _ = workdirs.load(tmp_path / "cut")
+    a, b = refine.load(tmp_path / "whole", setup, state), refine.load(tmp_path / "cut", setup, state)
     assert int(a.step) == int(b.step) == 12
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -140,9 +141,9 @@ def test_refinement_on_a_fits_folder(tmp_path):
     _images(tmp_path / "images", 16, 0.0)
     cfg = _fits_config(tmp_path / "images")
     cfg.refine.steps, cfg.refine.batch_size = 6, 4
-    state = train.train_and_evaluate(cfg, tmp_path / "run")
-    run, trained = evaluate.load_run(tmp_path / "run")
-    rstate = refine.load(tmp_path / "run", run, trained)
+    state = pipeline.train_and_evaluate(cfg, tmp_path / "run")
+    setup, trained, _ = workdirs.load(tmp_path / "run")
+    rstate = refine.load(tmp_path / "run", setup, trained)
     assert int(rstate.step) == 6 and rstate.rows["t"].shape == (10, 2)  # every training image has a row
     assert int(np.sum(np.asarray(rstate.count_M))) == 6 * 4
     np.testing.assert_array_equal(np.asarray(state.params["points"]), np.asarray(rstate.points))

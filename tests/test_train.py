@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import pointfile, train
+from holly_jax import checkpoints, optim, pipeline, pointfile, train
+from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,13 @@ def _launch(workdir, *overrides, config="configs/tiny.py"):
 
 
 def _final_state(cfg, workdir):
-    run = train.setup(cfg)
-    return train.restore_or_init(run, train.checkpoint_manager(Path(workdir), cfg), Path(workdir))
+    setup = create_setup(cfg)
+    return train.restore_or_init(setup, checkpoints.manager(Path(workdir), cfg), Path(workdir))
 
 
 def test_training_loss_falls_at_constant_sigma(tmp_path):
     cfg = _config(**{"sigma.list": "3.0", "train.epochs": 6, "train.log_every": 8, "optim.plr": 2e-2})
-    train.train_and_evaluate(cfg, tmp_path)
+    pipeline.train_and_evaluate(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(8, 49, 8))
     first, last = records[0], records[-1]
@@ -54,7 +55,7 @@ def test_training_loss_falls_at_constant_sigma(tmp_path):
 
 def test_outputs_exist_and_parse(tmp_path):
     cfg = _config()
-    state = train.train_and_evaluate(cfg, tmp_path)
+    state = pipeline.train_and_evaluate(cfg, tmp_path)
     learned = np.asarray(state.params["points"])
     assert int(state.step) == 32
     for name in ("initial.ply", "initial.obj", "final.ply", "final.obj"):
@@ -78,20 +79,20 @@ def test_outputs_exist_and_parse(tmp_path):
 def test_pose_only_mode_keeps_points_fixed(tmp_path):
     fixed = REPO / "objs" / "asymmetric.ply"
     cfg = _config(**{"points.fixed": str(fixed), "train.epochs": 1})
-    state = train.train_and_evaluate(cfg, tmp_path)
+    state = pipeline.train_and_evaluate(cfg, tmp_path)
     np.testing.assert_array_equal(np.asarray(state.params["points"]), pointfile.read_points(fixed))
 
 
 def test_predicted_sigma_is_used(tmp_path):
     cfg = _config(**{"model.predict_sigma": True, "train.epochs": 1})
-    train.train_and_evaluate(cfg, tmp_path)
+    pipeline.train_and_evaluate(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["sigma_out"] != pytest.approx(records[-1]["sigma_in"])  # the network's own sigma
 
 
 def test_adapt_reduces_both_rates_when_point_movement_plateaus():
     cfg = _config(**{"optim.adapt": True, "optim.pinterval": 5, "optim.adapt_patience": 2})
-    a = train.AdaptState(jnp.float32(1.0), jnp.zeros((4, 3)), jnp.float32(jnp.inf), jnp.int32(0))
+    a = optim.AdaptState(jnp.float32(1.0), jnp.zeros((4, 3)), jnp.float32(jnp.inf), jnp.int32(0))
     position = 0.0
     scales = []
     # movement per check: shrinking for 3 checks (settling), then constant (a plateau)
@@ -99,7 +100,7 @@ def test_adapt_reduces_both_rates_when_point_movement_plateaus():
         for step in range(5 * check + 1, 5 * check + 6):
             if step % 5 == 0:
                 position += move
-            a = train.adapt_update(a, jnp.full((4, 3), position / np.sqrt(3)), jnp.int32(step), cfg)
+            a = optim.adapt_update(a, jnp.full((4, 3), position / np.sqrt(3)), jnp.int32(step), cfg)
         scales.append(float(a.scale))
     # checks 4, 5 do not improve (bad 1, 2); check 6 makes bad 3 > patience 2: scale x0.75
     assert scales == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.75, 0.75])
@@ -169,9 +170,9 @@ def test_unknown_config_variant_is_one_line_error(tmp_path):
 
 def test_learning_rate_decay_falls_linearly_over_the_last_fraction():
     cfg = _config(**{"optim.lr": 1e-3, "optim.plr": 1e-2, "optim.decay_fraction": 0.25})
-    lr, plr = train.learning_rates(cfg, 100)
+    lr, plr = optim.learning_rates(cfg, 100)
     assert [float(lr(s)) for s in (0, 74, 75)] == pytest.approx([1e-3, 1e-3, 1e-3])
     assert float(lr(85)) == pytest.approx(1e-3 * 0.6) and float(plr(85)) == pytest.approx(1e-2 * 0.6)
     assert float(plr(100)) == pytest.approx(0.0, abs=1e-12)
     cfg.optim.decay_fraction = 0.0
-    assert float(train.learning_rates(cfg, 100)[1](99)) == pytest.approx(1e-2)
+    assert float(optim.learning_rates(cfg, 100)[1](99)) == pytest.approx(1e-2)

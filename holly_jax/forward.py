@@ -1,0 +1,90 @@
+"""The method's forward pass: target images -> the network's poses -> the points drawn at them -> the L1 loss.
+
+Used by training, refinement, evaluation and inference alike (docs/method.md
+§2 and §4). ``predict`` is pure and traced inside the jitted steps;
+``Predictor`` runs it over many images on the host side, in fixed batches.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holly_jax import loss, model, render, schedule
+from holly_jax.setup import Setup
+
+
+class Prediction(NamedTuple):
+    loss_B: jax.Array  # per-image L1 after normalisation (of the winning hypothesis)
+    pose: model.Pose  # the winning hypothesis per image
+    sigma_B: jax.Array  # the sigma the points were drawn with
+    images_BxHxW: jax.Array  # the points drawn at the predicted poses
+    batch_stats: Any  # updated statistics (training) or None
+    head_B: jax.Array  # the winning head per image (0 with one head)
+
+
+def predict(setup: Setup, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array,
+            train: bool = False) -> Prediction:
+    """The network's poses for target images and the learned points drawn at them, scored against the targets.
+
+    With K pose heads every hypothesis is drawn and scored, and each image keeps its best (winner takes
+    all): the loss, and so the gradient, reaches only the winning head.
+    """
+    mode = setup.cfg.train.normalise
+    net, size = setup.net, setup.ds.size
+    variables = {"params": params["net"], "batch_stats": batch_stats}
+    inputs = loss.normalise(targets_BxHxW, mode)
+    if train:
+        pose, updates = net.apply(variables, inputs, train=True, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        pose, new_stats = net.apply(variables, inputs, train=False), None
+    b, k = inputs.shape[0], net.num_heads
+    sigma = pose.sigma_B if net.predict_sigma else jnp.full(pose.t_Bx2.shape[:-1], sigma_in)
+    if k == 1:
+        images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma, size)
+        return Prediction(loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats,
+                          jnp.zeros((b,), jnp.int32))
+    images = render.render_poses(params["points"], pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2),
+                                 sigma.reshape(b * k), size).reshape(b, k, *size)
+    loss_BxK = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
+    head = jnp.argmin(loss_BxK, axis=1)
+    best = lambda x: jnp.take_along_axis(x, head.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+    pose = model.Pose(*(None if f is None else best(f) for f in pose))
+    return Prediction(best(loss_BxK), pose, best(sigma), best(images), new_stats, head)
+
+
+def sigma_now(setup: Setup, sigmas_S: jax.Array, step: jax.Array) -> jax.Array:
+    """The schedule's sigma after ``step`` steps (docs/method.md §5)."""
+    return schedule.sigma_at(sigmas_S, step, setup.total_steps, bool(setup.cfg.sigma.interpolate))
+
+
+def final_sigma(setup: Setup) -> float:
+    """The schedule's sigma at the end of training: refinement, evaluation and inference draw at it."""
+    return float(sigma_now(setup, setup.ds.arrays.sigmas_S, setup.total_steps))
+
+
+def batched(fn: Callable[[int, int], Any], n: int, batch: int) -> Any:
+    """Apply ``fn(start, stop)`` over [0, n) in chunks of ``batch`` and concatenate the results on the host."""
+    outs = [jax.device_get(fn(start, min(start + batch, n))) for start in range(0, n, batch)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+
+
+class Predictor:
+    """Network poses for batches of images and the learned points drawn at them (jitted once)."""
+
+    def __init__(self, setup: Setup, state: Any, batch: int = 32):
+        self.setup, self.state, self.batch = setup, state, batch
+        self._fn = jax.jit(lambda st, images, sigma: predict(setup, st.params, st.batch_stats, images, sigma))
+
+    def __call__(self, images_BxHxW: np.ndarray, sigma: float) -> Prediction:
+        images = np.asarray(images_BxHxW, np.float32)
+
+        def chunk(start, stop):
+            x = images[start:stop]
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)]) if len(x) < self.batch else x
+            out = self._fn(self.state, jnp.asarray(x), jnp.float32(sigma))
+            return out._replace(batch_stats=None)
+        return batched(chunk, len(images), self.batch)

@@ -1,0 +1,71 @@
+"""The pipeline: training, then the optional phases, then evaluation; the one place that knows their order.
+
+    fit(cfg, workdir)                  train (or resume), then refine if the config asks; final.ply
+    train_and_evaluate(cfg, workdir)   fit, then (train.report) evaluate and write report.html
+    evaluate_workdir(workdir)          evaluate a run read back from its workdir
+
+Each phase is a module that imports only what lies below it (setup, data,
+forward pass, loop driver, checkpoints); this module imports the phases, and
+``launch.py`` and ``sweep`` import this module. A phase resumes from its own
+checkpoints: rerunning ``fit`` on a workdir finishes what an interrupted run
+left. With several processes, each trains its share of the global batch and
+only process 0 writes files (Orbax coordinates checkpoints).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from holly_jax import checkpoints, evaluate, outputs, refine, train, workdirs
+from holly_jax.setup import create_setup
+
+
+def fit(cfg: ml_collections.ConfigDict, workdir: str | Path) -> workdirs.Saved:
+    """Train (or resume) the run a config describes under ``workdir``, then refine its poses when
+    ``refine.steps`` > 0; writes ``final.ply`` (the refined points, if refined)."""
+    workdir = Path(workdir)
+    setup = create_setup(cfg, cache_dir=workdir / "cache")
+    primary = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    mngr = checkpoints.manager(workdir, cfg)
+    state = jax.device_put(train.restore_or_init(setup, mngr, workdir), setup.replicated())
+    # training is done: resume the refinement, if it began
+    refined = refine.load(workdir, setup, state) if int(state.step) == setup.total_steps else None
+    if primary:
+        outputs.write_json(workdir / "config.json", cfg.to_dict())
+    rec = outputs.Recorder(workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step)))
+    state = train.train(setup, state, mngr, workdir, rec)
+    if refine.enabled(setup):
+        refined = refine.refine(setup, state, workdir, rec, refined)
+        state = refine.with_points(state, refined)
+    images = setup.ds.fits_images
+    if images is not None and images.skipped:
+        rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
+    if primary:
+        outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
+    rec.close()
+    return workdirs.Saved(setup, state, refined)
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> train.TrainState:
+    """``fit``, then (``train.report``, on process 0) evaluate against the ground truth and write
+    ``report.html``; returns the final state (carrying the refined points, if refined)."""
+    saved = fit(cfg, workdir)
+    if cfg.train.report and jax.process_index() == 0:
+        evaluate.evaluate(saved.setup, saved.state, Path(workdir), quiet=True, refined=saved.refined)
+        tqdm.write(f"report: {Path(workdir) / 'report.html'}")
+    return saved.state
+
+
+def evaluate_workdir(workdir: str | Path, truth: str | Path | None = None,
+                     pose_texts: Sequence[str] = evaluate.DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of the run in ``workdir``, with its refined points and poses if it was
+    refined."""
+    saved = workdirs.load(workdir)
+    return evaluate.evaluate(saved.setup, refine.with_points(saved.state, saved.refined), Path(workdir), truth,
+                             pose_texts, quiet, saved.refined)
