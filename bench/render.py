@@ -17,7 +17,7 @@ from holly_jax import render, rotations
 
 
 def dense_render(points_Nx3, R_3x3, t_2, sigma, size):
-    """The O(N H W) form of SPEC section 1, for comparison only."""
+    """The O(N H W) form of docs/method.md §1, for comparison only."""
     h, w = size
     px, py = render.project(points_Nx3, R_3x3, t_2, size)
     ys, xs = jnp.mgrid[0:h, 0:w]

@@ -1,4 +1,4 @@
-"""Comparing a learned point cloud with a ground truth (SPEC section 7).
+"""Comparing a learned point cloud with a ground truth (docs/method.md §8).
 
 The learned cloud lives in an arbitrary frame and may be the mirror image (an
 orthographic projection cannot tell chirality), so distances are taken after

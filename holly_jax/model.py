@@ -1,4 +1,4 @@
-"""The HOLLy pose network (SPEC section 2) as a Flax linen module.
+"""The HOLLy pose network (docs/method.md §2) as a Flax linen module.
 
 Ten convolutions with BatchNorm and leaky ReLU, a dense layer of 256 and a
 linear output read by the pose heads. The flatten size follows from the input
@@ -87,7 +87,7 @@ class HollyNet(nn.Module):
 
 
 def decode_heads(out_BxK: jax.Array, rotation: str, max_trans: float, predict_sigma: bool) -> Pose:
-    """Map the raw network output to a pose (SPEC section 2 heads)."""
+    """Map the raw network output to a pose (docs/method.md §2 heads)."""
     n_rot = ROTATION_HEADS[rotation]
     raw = out_BxK[:, :n_rot]
     to_matrix = rotations.axis_angle_to_matrix if rotation == "axis_angle" else rotations.sixd_to_matrix

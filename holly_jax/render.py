@@ -1,4 +1,4 @@
-"""Differentiable Gaussian splatting of a point cloud (SPEC section 1).
+"""Differentiable Gaussian splatting of a point cloud (docs/method.md §1).
 
 The image of N points is a sum of isotropic Gaussians. Because each Gaussian
 factorises into a row term and a column term, the image is

@@ -6,7 +6,7 @@ geodesic distance. All functions take single items (callers `jax.vmap`), are
 pure and jittable, and keep the input dtype (float32 in the project).
 
 Conventions:
-  * Axis-angle `r_3`: rotation by |r| radians about r / |r| (SPEC section 1).
+  * Axis-angle `r_3`: rotation by |r| radians about r / |r| (docs/method.md §1).
   * Quaternions `q_4` are (w, x, y, z), unit; q and -q are the same rotation.
     `quaternion_multiply(q1, q2)` applies q2 first, then q1.
   * Matrices act on column vectors: p' = R_3x3 @ p.
@@ -156,7 +156,7 @@ def z_rotation_quaternion(angle: jax.Array) -> jax.Array:
 
 
 def compose_in_plane(q_base_4: jax.Array, angle: jax.Array) -> jax.Array:
-    """q_z(angle) * q_base: the base rotation, then an in-plane one about z (SPEC section 3)."""
+    """q_z(angle) * q_base: the base rotation, then an in-plane one about z (docs/method.md §3)."""
     q_base_4 = jnp.asarray(q_base_4)
     return quaternion_multiply(z_rotation_quaternion(angle).astype(q_base_4.dtype), q_base_4)
 

@@ -1,4 +1,4 @@
-"""The sigma schedule: large blur first, small last (SPEC section 5)."""
+"""The sigma schedule: large blur first, small last (docs/method.md §5)."""
 from __future__ import annotations
 
 import os

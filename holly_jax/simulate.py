@@ -1,4 +1,4 @@
-"""Simulated training data from a ground-truth point set (SPEC section 3).
+"""Simulated training data from a ground-truth point set (docs/method.md §3).
 
 A data set is a table of items: a pose per item (axis-angle rotation drawn
 uniformly from SO(3), translation) and the index of its base item. The

@@ -6,7 +6,7 @@ from scipy.spatial.transform import Rotation
 
 
 def dense_render(points, rotvec, t, sigma, mask, size):
-    """SPEC section 1 written out directly: one Gaussian per point evaluated at every pixel."""
+    """docs/method.md §1 written out directly: one Gaussian per point evaluated at every pixel."""
     h, w = size
     points = np.asarray(points, np.float64)
     R = Rotation.from_rotvec(np.asarray(rotvec, np.float64)).as_matrix()

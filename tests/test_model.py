@@ -14,7 +14,7 @@ def _init(h, w, **kw):
 
 
 def _expected_param_count(h, w, n_out):
-    """Closed form from the SPEC table: conv weights + biases, BatchNorm scale + shift, two dense layers."""
+    """Closed form from the table in docs/method.md §2: conv weights + biases, BatchNorm scale + shift, two dense layers."""
     count, c_in = 0, 1
     for _, c, k, _, _ in model.LAYERS:
         count += k * k * c_in * c + c + 2 * c
