@@ -8,6 +8,7 @@
 Thin on purpose: it parses flags and calls the library. Bad input ends with a
 one-line error and a non-zero exit status.
 """
+
 import os
 import sys
 
@@ -23,8 +24,12 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "render"], "Wh
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints and outputs; rerunning train resumes from it.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), for --mode=train.", lock_config=True)
 flags.DEFINE_string("truth", None, "evaluate: ground-truth OBJ/PLY (default: the run's data.object).")
-flags.DEFINE_multi_string("pose", None, "evaluate, render: a pose as aa:x,y,z (radians), euler:a,b,c (degrees, "
-                                        "extrinsic xyz) or quat:w,x,y,z; repeat for several.")
+flags.DEFINE_multi_string(
+    "pose",
+    None,
+    "evaluate, render: a pose as aa:x,y,z (radians), euler:a,b,c (degrees, "
+    "extrinsic xyz) or quat:w,x,y,z; repeat for several.",
+)
 flags.DEFINE_string("input", None, "infer: a FITS image or a folder of them.")
 flags.DEFINE_string("output", None, "infer: output folder (default WORKDIR/infer); render: output .fits path.")
 flags.DEFINE_string("object", None, "render: the OBJ/PLY to draw.")
@@ -32,9 +37,13 @@ flags.DEFINE_float("sigma", 2.0, "render: blur sigma in pixels.")
 flags.DEFINE_string("size", "128", "render: image size, N or HxW.")
 flags.DEFINE_list("translation", ["0", "0"], "render: translation tx,ty.")
 flags.DEFINE_bool("normalise", False, "render: scale the image to sum 100 (basic normalisation).")
-flags.DEFINE_bool("distributed", False, "train on several hosts: call jax.distributed.initialize() first (its "
-                                        "settings come from the cluster environment); the global batch is the "
-                                        "config's batch size times the number of processes.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "train on several hosts: call jax.distributed.initialize() first (its "
+    "settings come from the cluster environment); the global batch is the "
+    "config's batch size times the number of processes.",
+)
 
 
 def fail(message: str, status: int = 1) -> None:
@@ -62,8 +71,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:
         field = str(e).strip("'\"")
         names = [a[2:].split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        culprit = next((n for n in names if n == f"config.{field}" or n.endswith(f".{field}") or f".{field}." in n),
-                       None)
+        culprit = next(
+            (n for n in names if n == f"config.{field}" or n.endswith(f".{field}") or f".{field}." in n), None
+        )
         fail(f"unknown config field {culprit or field!r} (the fields are listed in configs/default.py)", 2)
     except Exception as e:  # a config file that does not load
         fail(" ".join(str(e).split()), 2)
@@ -102,8 +112,9 @@ def main(argv):
             if len(translation) != 2:
                 fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
             pose = (FLAGS.pose or ["euler:0,0,0"])[0]
-            path = infer.render_file(FLAGS.object, FLAGS.output, pose, FLAGS.sigma, FLAGS.size, translation,
-                                     FLAGS.normalise)
+            path = infer.render_file(
+                FLAGS.object, FLAGS.output, pose, FLAGS.sigma, FLAGS.size, translation, FLAGS.normalise
+            )
             print(f"wrote {path} and {path.with_suffix('.png')}")
     except InputError as e:
         fail(str(e))

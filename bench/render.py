@@ -4,6 +4,7 @@
 
 Prints images/s forward and forward+backward for both forms and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def measure(size: int = 128, points: int = 230, batch: int = 20, seconds: float 
     results = {"size": size, "points": points, "batch": batch}
     for name, fn in (("separable", separable), ("dense", dense)):
         fwd = jax.jit(fn)
-        grad = jax.jit(jax.grad(lambda p, R, t, s, fn=fn: jnp.sum(jnp.abs(fn(p, R, t, s) - target)),
-                                argnums=(0, 1, 2, 3)))
+        grad = jax.jit(
+            jax.grad(lambda p, R, t, s, fn=fn: jnp.sum(jnp.abs(fn(p, R, t, s) - target)), argnums=(0, 1, 2, 3))
+        )
         for mode, f in (("forward", fwd), ("forward_backward", grad)):
             results[f"{name}_{mode}_images_per_s"] = batch / _time(f, (pts, R, t, sigma), seconds)
     for mode in ("forward", "forward_backward"):
@@ -67,8 +69,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing window per measurement")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    results = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-               **measure(args.size, args.points, args.batch, args.seconds)}
+    results = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        **measure(args.size, args.points, args.batch, args.seconds),
+    }
     width = max(map(len, results))
     for k, v in results.items():
         print(f"{k:<{width}}  {v:,.1f}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -12,6 +12,7 @@ Measures, in one process:
   donated state buffers, sigma as data (against sigma as a static argument, which recompiles as the
   schedule moves), no host synchronisation per step, bfloat16 convolutions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,10 @@ def time_sigma_schedule(setup: Setup, steps: int, static: bool) -> float:
     sim, opts, size, b = setup.ds.arrays, setup.ds.opts, setup.ds.size, setup.batch_size
     idx = jnp.arange(b)
     if static:
-        fn = jax.jit(lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size),
-                     static_argnums=0)
+        fn = jax.jit(
+            lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size),
+            static_argnums=0,
+        )
     else:
         fn = jax.jit(lambda s: simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full((b,), s), opts, size))
     sigmas = np.linspace(5.0, 1.0, steps + 1)
@@ -112,13 +115,19 @@ def main() -> None:
     steps = 5 if args.quick else 30
     gpu = jax.default_backend() == "gpu"
     dev = jax.devices()[0]
-    results: dict = {"device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
-                     "jax": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    results: dict = {
+        "device": dev.device_kind,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
 
     results["renderer"] = render_bench.measure(size=128, points=230, batch=20, seconds=0.5 if args.quick else 2.0)
 
     results["training"] = {}
-    for batch in ((20, 32, 256, 1024) if gpu else (20, 32)):
+    for batch in (20, 32, 256, 1024) if gpu else (20, 32):
         setup = training_setup(128, 230, batch)
         figures = time_training(setup, steps)
         peak, source = device_peak_tflops("float32")
@@ -129,10 +138,12 @@ def main() -> None:
     batch = 256 if gpu else 20
     setup = training_setup(128, 230, batch)
     base = time_training(setup, steps)["images_per_s"]
-    ratios = {"donated_state_vs_copied": base / time_training(setup, steps, donate=False)["images_per_s"],
-              "no_host_sync_vs_sync_each_step": base / time_training(setup, steps, sync_each_step=True)["images_per_s"],
-              "sigma_as_data_vs_static_recompiling": time_sigma_schedule(setup, steps, static=False)
-              / time_sigma_schedule(setup, min(steps, 8), static=True)}
+    ratios = {
+        "donated_state_vs_copied": base / time_training(setup, steps, donate=False)["images_per_s"],
+        "no_host_sync_vs_sync_each_step": base / time_training(setup, steps, sync_each_step=True)["images_per_s"],
+        "sigma_as_data_vs_static_recompiling": time_sigma_schedule(setup, steps, static=False)
+        / time_sigma_schedule(setup, min(steps, 8), static=True),
+    }
     bf16 = time_training(training_setup(128, 230, batch, "bfloat16"), steps)["images_per_s"]
     ratios["bfloat16_convs_vs_float32"] = bf16 / base
     results["optimisation_ratios"] = {"batch": batch, **ratios}

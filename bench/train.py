@@ -4,6 +4,7 @@
 
 Defaults are the original's headline settings. bench/run.py runs this among the rest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     figures = time_training(training_setup(args.size, args.points, args.batch, args.dtype), args.steps)
-    print(f"{jax.devices()[0].device_kind}, {args.size}x{args.size}, {args.points} points, batch {args.batch}, "
-          f"{args.dtype}: {figures['images_per_s']:,.1f} training images/s (compile {figures['compile_s']:.1f} s)")
+    print(
+        f"{jax.devices()[0].device_kind}, {args.size}x{args.size}, {args.points} points, batch {args.batch}, "
+        f"{args.dtype}: {figures['images_per_s']:,.1f} training images/s (compile {figures['compile_s']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

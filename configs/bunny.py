@@ -12,6 +12,7 @@ probability 0.1), ``scatter`` (wobble 0.03), ``noise`` (wobble 0.06, up to 4
 fluorophores per point, each on with probability 0.3). The bunny OBJ is the
 original HOLLy's objs/bunny_large.obj (not shipped here).
 """
+
 from configs import default
 from holly_jax import schedule
 

@@ -10,6 +10,7 @@ blurred on the device at the schedule's sigma. About 40,000 images; use a GPU. W
 path is a localisation table (Picasso HDF5 with picked groups, or ThunderSTORM CSV with a ``group``
 column): each particle is drawn on the fly at ``data.pixel_nm`` nm per pixel, no pre-rendering.
 """
+
 from configs import default
 from holly_jax import schedule
 

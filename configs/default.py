@@ -47,6 +47,7 @@ refine   per-image pose refinement after training (auto-decoding):
          ``lr`` for the poses (rotation vectors and translations), ``plr``
          for the points (unset: optim.plr, else optim.lr).
 """
+
 import ml_collections
 from ml_collections import config_dict
 

@@ -18,6 +18,7 @@ notebooks' studies. The learned cloud is runs/quick/final.ply;
 runs/quick/report.html shows it aligned to the shape with its Chamfer
 distance.
 """
+
 from configs import default
 
 VARIANTS = ("heads_refine", "single_head")

@@ -7,6 +7,7 @@ The teapot OBJ is the original HOLLy's objs/teapot_large.obj (not shipped
 here). The original took about 4 hours on one GTX 2080 Ti; on a CPU this is
 days, so use a GPU.
 """
+
 from configs import default
 from holly_jax import schedule
 

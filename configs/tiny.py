@@ -1,7 +1,8 @@
 """A tiny CPU config for tests: 32x32 images, a few dozen steps, seconds to run.
 
-    python launch.py --config=configs/tiny.py --workdir=runs/tiny
+python launch.py --config=configs/tiny.py --workdir=runs/tiny
 """
+
 from configs import default
 
 

@@ -9,6 +9,7 @@ GPU. Runs go to HOLLY_RUNS (default runs/experiments); a finished run is read
 back, so executing a notebook again only redraws it. The notebook is written
 back in place (atomically) unless --no-save.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ sys.path.insert(0, str(REPO))
 from holly_jax.atomic import write_atomic  # noqa: E402 (after the path set-up)
 
 
-def execute(path: str | Path, scale: str, runs: str | Path | None = None, save: bool = True,
-            timeout: int = 6 * 3600) -> nbformat.NotebookNode:
+def execute(
+    path: str | Path, scale: str, runs: str | Path | None = None, save: bool = True, timeout: int = 6 * 3600
+) -> nbformat.NotebookNode:
     """Run every cell of a notebook in a fresh kernel (cwd: the repository); a failing cell raises."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)

@@ -5,6 +5,7 @@ Each phase keeps its checkpoints in its own folder (training in
 ``train.max_to_keep`` of them. Saving is synchronous, so a checkpoint that is
 listed is complete.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,9 @@ from holly_jax.errors import InputError
 
 def manager(folder: Path, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The manager of ``folder/checkpoints``."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.train.max_to_keep), create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(cfg.train.max_to_keep), create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager((Path(folder) / "checkpoints").resolve(), options=options)
 
 
@@ -36,6 +38,7 @@ def restore_latest(mngr: ocp.CheckpointManager, template: Any, what: str = "chec
     try:
         return mngr.restore(latest, args=ocp.args.StandardRestore(template))
     except Exception as e:  # orbax raises many types for a damaged or mismatched checkpoint
-        raise InputError(Path(mngr.directory) / str(latest),
-                         f"cannot restore {what} ({e.__class__.__name__}); it may be damaged or from a "
-                         "different config") from None
+        raise InputError(
+            Path(mngr.directory) / str(latest),
+            f"cannot restore {what} ({e.__class__.__name__}); it may be damaged or from a different config",
+        ) from None

@@ -8,6 +8,7 @@ gathered on the host (blurred inside the step at the schedule's sigma when the
 folder holds one set, or read from the folder of the schedule's current entry
 when it holds one subfolder per sigma).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +25,7 @@ from holly_jax.errors import InputError
 
 class SimulatedArrays(NamedTuple):
     """Everything the jitted step reads to draw and render a batch of simulated targets."""
+
     gt_Nx3: jax.Array
     table: simulate.Table
     sigmas_S: jax.Array
@@ -31,11 +33,13 @@ class SimulatedArrays(NamedTuple):
 
 class FitsArrays(NamedTuple):
     """What the jitted step reads besides the batch of FITS images: the sigma list."""
+
     sigmas_S: jax.Array
 
 
 class LocsArrays(NamedTuple):
     """Particles from a localisation table, in object units (see ``load_locs``), for the jitted step."""
+
     xy_PxLx2: jax.Array
     mask_PxL: jax.Array
     sigmas_S: jax.Array
@@ -68,9 +72,15 @@ def sim_options(cfg: ml_collections.ConfigDict) -> simulate.SimOptions:
     for name, value in (("max_spawn", d.max_spawn), ("num_aug", d.num_aug)):
         if value < 1:
             raise InputError(None, f"config.data.{name} must be at least 1, got {value}")
-    return simulate.SimOptions(translate=bool(d.translate), max_trans=float(d.max_trans), dropout=float(d.dropout),
-                               wobble=float(d.wobble), spawn=float(d.spawn), max_spawn=int(d.max_spawn),
-                               num_aug=int(d.num_aug))
+    return simulate.SimOptions(
+        translate=bool(d.translate),
+        max_trans=float(d.max_trans),
+        dropout=float(d.dropout),
+        wobble=float(d.wobble),
+        spawn=float(d.spawn),
+        max_spawn=int(d.max_spawn),
+        num_aug=int(d.num_aug),
+    )
 
 
 def sigmas(cfg: ml_collections.ConfigDict) -> np.ndarray:
@@ -129,8 +139,10 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
     by_sigma = fits.sigma_folders(path)
     if by_sigma:
         if cfg.sigma.interpolate:
-            raise InputError(path, "holds one folder per sigma, so the schedule must be stepped: set "
-                                   "--config.sigma.interpolate=False")
+            raise InputError(
+                path,
+                "holds one folder per sigma, so the schedule must be stepped: set --config.sigma.interpolate=False",
+            )
         entry_folders = []
         for s in sig:
             match = [f for value, f in by_sigma.items() if abs(value - float(s)) <= 1e-4 * max(1.0, float(s))]
@@ -152,16 +164,20 @@ def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source)
     if n_test < 0 or n_valid < 0:
         raise InputError(None, "config.data.test_size and valid_size must not be negative")
     if n_test + n_valid >= n:
-        raise InputError(source, f"test set ({n_test}) and validation set ({n_valid}) leave nothing to train on "
-                                 f"out of {n}")
+        raise InputError(
+            source, f"test set ({n_test}) and validation set ({n_valid}) leave nothing to train on out of {n}"
+        )
     n_train = n - n_test - n_valid
     if cfg.data.train_size > 0:
         n_train = min(n_train, int(cfg.data.train_size))
     if batch_size <= 0 or batch_size > n_train:
         raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training items")
     order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), salts.DATA), n))
-    splits = {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
-              "train": order[n_test + n_valid:n_test + n_valid + n_train]}
+    splits = {
+        "test": order[:n_test],
+        "valid": order[n_test : n_test + n_valid],
+        "train": order[n_test + n_valid : n_test + n_valid + n_train],
+    }
     return {k: v.astype(np.int32) for k, v in splits.items()}
 
 
@@ -174,14 +190,19 @@ def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
     parts = locs.particles(locs.read(cfg.data.path), cfg.data.path)
     h, w = image_size(cfg)
     units_per_nm = 1.0 / (cfg.data.pixel_nm * h / 4.0)  # an object unit spans H/4 pixels (docs/method.md §7)
-    arrays = LocsArrays(jnp.asarray(parts.xy_PxLx2 * units_per_nm), jnp.asarray(parts.mask_PxL),
-                        jnp.asarray(sigmas(cfg)), jax.random.fold_in(jax.random.key(cfg.seed), salts.LOCS_ANGLES))
+    arrays = LocsArrays(
+        jnp.asarray(parts.xy_PxLx2 * units_per_nm),
+        jnp.asarray(parts.mask_PxL),
+        jnp.asarray(sigmas(cfg)),
+        jax.random.fold_in(jax.random.key(cfg.seed), salts.LOCS_ANGLES),
+    )
     splits = real_splits(cfg, len(parts.groups), batch_size, cfg.data.path)
     return Dataset(arrays, splits, None, (h, w), "locs")
 
 
-def render_particles(d: LocsArrays, idx_B: jax.Array, sigma: jax.Array, step: jax.Array,
-                     size: tuple[int, int]) -> jax.Array:
+def render_particles(
+    d: LocsArrays, idx_B: jax.Array, sigma: jax.Array, step: jax.Array, size: tuple[int, int]
+) -> jax.Array:
     """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, particle):
     the same particle at the same step is the same image."""
     b = idx_B.shape[0]
@@ -198,8 +219,9 @@ def targets(ds: Dataset, arrays: DataArrays, batch: jax.Array, sigma: jax.Array,
     ``batch``) drawn inside the step, or FITS images (``batch`` holds the images; blurred when the data folder
     holds one set). ``step`` picks the particles' in-plane angles."""
     if ds.source == "simulated":
-        return simulate.render_targets(arrays.gt_Nx3, arrays.table, batch, jnp.full(batch.shape, sigma), ds.opts,
-                                       ds.size)
+        return simulate.render_targets(
+            arrays.gt_Nx3, arrays.table, batch, jnp.full(batch.shape, sigma), ds.opts, ds.size
+        )
     if ds.source == "locs":
         return render_particles(arrays, batch, sigma, step, ds.size)
     return fits.blur(batch, sigma) if ds.fits_images.blur else batch

@@ -1,4 +1,5 @@
 """The one exception for bad user input: a single line naming the file and the problem."""
+
 from __future__ import annotations
 
 import os

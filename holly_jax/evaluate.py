@@ -8,6 +8,7 @@ aligned cloud beside the ground truth as PLY, pictures, an animation, and
 were made: the pipeline hands them over after training, or reads them back
 from a workdir.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,11 @@ DEFAULT_POSES = ("euler:0,0,0", "euler:90,0,0", "euler:0,90,0", "euler:0,0,90", 
 def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size: tuple[int, int]) -> np.ndarray:
     """The ground truth at rotations R (no translation), all points on."""
     b = len(R_Bx3x3)
-    return np.asarray(render.render_poses(jnp.asarray(truth_Nx3), jnp.asarray(R_Bx3x3, jnp.float32),
-                                          jnp.zeros((b, 2)), jnp.full((b,), sigma), size))
+    return np.asarray(
+        render.render_poses(
+            jnp.asarray(truth_Nx3), jnp.asarray(R_Bx3x3, jnp.float32), jnp.zeros((b, 2)), jnp.full((b,), sigma), size
+        )
+    )
 
 
 def held_out(setup: Setup, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
@@ -61,9 +65,9 @@ def images_of(setup: Setup, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, 
     if len(idx) == 0:
         return np.zeros((0, *setup.ds.size), np.float32), None
     targets_of = jax.jit(lambda arrays, batch, sigma: data.targets(setup.ds, arrays, batch, sigma, jnp.int32(0)))
-    chunk = lambda a, b: targets_of(setup.ds.arrays, jnp.asarray(input_pipeline.host_batch(setup, idx[a:b],
-                                                                                            setup.total_steps)),
-                                    jnp.float32(sigma))
+    chunk = lambda a, b: targets_of(
+        setup.ds.arrays, jnp.asarray(input_pipeline.host_batch(setup, idx[a:b], setup.total_steps)), jnp.float32(sigma)
+    )
     targets = forward.batched(chunk, len(idx), 64)
     return targets, (true_rotations(setup, idx) if setup.ds.source == "simulated" else None)
 
@@ -83,28 +87,43 @@ def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.nd
     return np.asarray(_matrices_from_quaternion(frames.reshape(-1, 4)))
 
 
-def pose_errors(setup: Setup, predictor: forward.Predictor, sigma: float, refined: refine.RefineState | None = None,
-                limit: int = 1000) -> dict[str, Any]:
+def pose_errors(
+    setup: Setup,
+    predictor: forward.Predictor,
+    sigma: float,
+    refined: refine.RefineState | None = None,
+    limit: int = 1000,
+) -> dict[str, Any]:
     """Rotation errors on the first ``limit`` training images (simulated data): the network's ("train_")
     and, after refinement, the pose table's ("refined_"), on the same images."""
     if setup.ds.source != "simulated":
         return {}
     idx = np.asarray(setup.ds.splits["train"][:limit])
     if refined is not None:
-        idx = idx[:len(refined.items_M)]  # the table's rows are the first training images
+        idx = idx[: len(refined.items_M)]  # the table's rows are the first training images
     targets, R_true = images_of(setup, idx, sigma)
     results = {"train_images": len(idx)}
-    results.update({f"train_{k}": v for k, v in poses.rotation_error(R_true, predictor(targets, sigma).pose.R_Bx3x3)
-                   .summary().items()})
+    results.update(
+        {
+            f"train_{k}": v
+            for k, v in poses.rotation_error(R_true, predictor(targets, sigma).pose.R_Bx3x3).summary().items()
+        }
+    )
     if refined is not None:
-        R_table = np.asarray(refine.rotations_of(refined))[:len(idx)]
+        R_table = np.asarray(refine.rotations_of(refined))[: len(idx)]
         results.update({f"refined_{k}": v for k, v in poses.rotation_error(R_true, R_table).summary().items()})
     return results
 
 
-def evaluate(setup: Setup, state: TrainState, workdir: Path, truth: str | Path | None = None,
-             pose_texts: Sequence[str] = DEFAULT_POSES, quiet: bool = False,
-             refined: refine.RefineState | None = None) -> dict[str, Any]:
+def evaluate(
+    setup: Setup,
+    state: TrainState,
+    workdir: Path,
+    truth: str | Path | None = None,
+    pose_texts: Sequence[str] = DEFAULT_POSES,
+    quiet: bool = False,
+    refined: refine.RefineState | None = None,
+) -> dict[str, Any]:
     """Evaluate a run's state (carrying the refined points, if it was refined, with the refined poses in
     ``refined``); see the module docstring for what is written."""
     out = workdir / "eval"
@@ -114,21 +133,35 @@ def evaluate(setup: Setup, state: TrainState, workdir: Path, truth: str | Path |
     learned = np.asarray(state.params["points"], np.float64)
     sigma = forward.final_sigma(setup)
     predictor = forward.Predictor(setup, state)
-    results: dict[str, Any] = {"step": int(state.step), "truth": str(truth_path) if truth_path else None,
-                               "sigma": sigma, "points": len(learned)}
+    results: dict[str, Any] = {
+        "step": int(state.step),
+        "truth": str(truth_path) if truth_path else None,
+        "sigma": sigma,
+        "points": len(learned),
+    }
     if refined is not None:
         results["refine_step"] = int(refined.step)
 
     if truth_Mx3 is not None:
         alignment = metrics.align(learned, truth_Mx3, seed=int(setup.cfg.seed))
         aligned = alignment.apply(learned)
-        results.update({"truth_points": len(truth_Mx3), "chamfer": alignment.chamfer,
-                        "hausdorff": metrics.hausdorff(aligned, truth_Mx3), "cloud_mirrored": bool(alignment.mirrored),
-                        "chamfer_unaligned": metrics.chamfer(learned, truth_Mx3)})
+        results.update(
+            {
+                "truth_points": len(truth_Mx3),
+                "chamfer": alignment.chamfer,
+                "hausdorff": metrics.hausdorff(aligned, truth_Mx3),
+                "cloud_mirrored": bool(alignment.mirrored),
+                "chamfer_unaligned": metrics.chamfer(learned, truth_Mx3),
+            }
+        )
         pointfile.write_points(out / "aligned.ply", aligned)
         pointfile.write_points(out / "truth.ply", truth_Mx3)
-        plots.save_cloud_views(out / "cloud.png", aligned, truth_Mx3, title="learned (colour) aligned to the ground "
-                               f"truth (grey): Chamfer {alignment.chamfer:.4f}")
+        plots.save_cloud_views(
+            out / "cloud.png",
+            aligned,
+            truth_Mx3,
+            title=f"learned (colour) aligned to the ground truth (grey): Chamfer {alignment.chamfer:.4f}",
+        )
     else:
         plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
 
@@ -137,26 +170,43 @@ def evaluate(setup: Setup, state: TrainState, workdir: Path, truth: str | Path |
         pred = predictor(targets, sigma)
         if R_true is not None:
             results.update(poses.rotation_error(R_true, pred.pose.R_Bx3x3).summary())
-        results.update({"heldout_images": len(targets), "heldout_loss": float(np.mean(pred.loss_B)),
-                        "heldout_sigma_out": float(np.mean(pred.sigma_B))})
+        results.update(
+            {
+                "heldout_images": len(targets),
+                "heldout_loss": float(np.mean(pred.loss_B)),
+                "heldout_sigma_out": float(np.mean(pred.sigma_B)),
+            }
+        )
         k = min(16, len(targets))
-        plots.save_png(out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(setup.ds.size))
-        plots.save_png(out / "montage_out.png", plots.montage(pred.images_BxHxW[:k], cols=4), scale=plots.enlargement(setup.ds.size))
-        plots.save_png(out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(setup.ds.size))
+        plots.save_png(
+            out / "montage_in.png", plots.montage(targets[:k], cols=4), scale=plots.enlargement(setup.ds.size)
+        )
+        plots.save_png(
+            out / "montage_out.png",
+            plots.montage(pred.images_BxHxW[:k], cols=4),
+            scale=plots.enlargement(setup.ds.size),
+        )
+        plots.save_png(
+            out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(setup.ds.size)
+        )
 
     results.update(pose_errors(setup, predictor, sigma, refined))
 
     if truth_Mx3 is not None and len(rotations_given):
         given = render_truth(truth_Mx3, rotations_given, sigma, setup.ds.size)
         pred = predictor(given, sigma)
-        plots.save_png(out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=plots.enlargement(setup.ds.size))
+        plots.save_png(
+            out / "poses.png", plots.pairs(given, pred.images_BxHxW, cols=3), scale=plots.enlargement(setup.ds.size)
+        )
         results["poses"] = [{"pose": text, "loss": float(value)} for text, value in zip(pose_texts, pred.loss_B)]
 
     if truth_Mx3 is not None:
         tour = tour_rotations(int(setup.cfg.seed))
         frames_in = render_truth(truth_Mx3, tour, sigma, setup.ds.size)
         frames_out = predictor(frames_in, sigma).images_BxHxW
-        plots.save_gif(out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(setup.ds.size))
+        plots.save_gif(
+            out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(setup.ds.size)
+        )
 
     outputs.write_json(out / "metrics.json", results)
     write_report(workdir, results)
@@ -173,18 +223,27 @@ def format_table(results: dict[str, Any]) -> str:
 
 def write_report(workdir: Path, results: dict[str, Any] | None = None) -> None:
     """``report.html``: the run's pictures, animation and metrics on one page (relative links)."""
-    pictures = [("Training curves", "pictures/curves.png"), ("Inputs and outputs (training)", "pictures/pairs.png"),
-                ("Point cloud", "pictures/cloud.png"), ("Aligned to the ground truth", "eval/cloud.png"),
-                ("Held-out inputs | outputs", "eval/pairs.png"), ("Ground truth at given poses | output",
-                                                                 "eval/poses.png"),
-                ("Tour of random rotations: input | output", "eval/animation.gif")]
-    parts = ["<!doctype html><meta charset='utf-8'><title>holly-jax report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-             "td{padding:2px 12px}</style>", f"<h1>holly-jax run: {workdir.resolve().name}</h1>"]
+    pictures = [
+        ("Training curves", "pictures/curves.png"),
+        ("Inputs and outputs (training)", "pictures/pairs.png"),
+        ("Point cloud", "pictures/cloud.png"),
+        ("Aligned to the ground truth", "eval/cloud.png"),
+        ("Held-out inputs | outputs", "eval/pairs.png"),
+        ("Ground truth at given poses | output", "eval/poses.png"),
+        ("Tour of random rotations: input | output", "eval/animation.gif"),
+    ]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>holly-jax report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+        "td{padding:2px 12px}</style>",
+        f"<h1>holly-jax run: {workdir.resolve().name}</h1>",
+    ]
     if results:
-        rows = "".join(f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
-                       f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in results.items()
-                       if not isinstance(v, (list, dict)))
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
+            for k, v in results.items()
+            if not isinstance(v, (list, dict))
+        )
         parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
     for title, rel in pictures:
         if (workdir / rel).exists():

@@ -13,6 +13,7 @@ A folder's images load into one float32 array (memory-mapped from a cache
 file when it would be large); an unreadable, mis-sized or empty image among
 many is skipped with a warning and counted.
 """
+
 from __future__ import annotations
 
 import io
@@ -95,8 +96,12 @@ def files_in(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
-def load_folder(folder: str | os.PathLike, size: tuple[int, int], cache_dir: str | os.PathLike | None = None,
-                memory_limit_bytes: int = 4 << 30) -> ImageSet:
+def load_folder(
+    folder: str | os.PathLike,
+    size: tuple[int, int],
+    cache_dir: str | os.PathLike | None = None,
+    memory_limit_bytes: int = 4 << 30,
+) -> ImageSet:
     """Every usable H x W FITS image of a folder, in name order, as one array."""
     files = files_in(folder)
     others = [p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() not in SUFFIXES]
@@ -106,8 +111,9 @@ def load_folder(folder: str | os.PathLike, size: tuple[int, int], cache_dir: str
     n, (h, w) = len(files), size
     if cache_dir is not None and n * h * w * 4 > memory_limit_bytes:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        store = np.lib.format.open_memmap(Path(cache_dir) / f"{Path(folder).name}.npy", mode="w+",
-                                          dtype=np.float32, shape=(n, h, w))
+        store = np.lib.format.open_memmap(
+            Path(cache_dir) / f"{Path(folder).name}.npy", mode="w+", dtype=np.float32, shape=(n, h, w)
+        )
     else:
         store = np.empty((n, h, w), np.float32)
     kept: list[str] = []
@@ -129,7 +135,7 @@ def load_folder(folder: str | os.PathLike, size: tuple[int, int], cache_dir: str
         raise InputError(folder, f"no usable FITS images ({len(skipped)} skipped; first: {skipped[0]})")
     for line in skipped:
         print(f"warning: skipped {line}", file=sys.stderr)
-    images = store[:len(kept)]
+    images = store[: len(kept)]
     if isinstance(store, np.memmap):
         store.flush()
     return ImageSet(images, kept, skipped)
@@ -156,8 +162,11 @@ class FitsImages:
                 loaded = load_folder(folder, self.size, self.cache_dir)
                 names = [Path(f).name for f in loaded.files]
                 if self.names is not None and names != self.names:
-                    raise InputError(folder, f"its usable images differ from those in {self.entry_folders[0]} "
-                                             "(each sigma folder must hold the same images)")
+                    raise InputError(
+                        folder,
+                        f"its usable images differ from those in {self.entry_folders[0]} "
+                        "(each sigma folder must hold the same images)",
+                    )
                 self.names = names
                 self.skipped += len(loaded.skipped)
                 if len(self.loaded) >= 2:

@@ -4,6 +4,7 @@ Used by training, refinement, evaluation and inference alike (docs/method.md
 §2 and §4). ``predict`` is pure and traced inside the jitted steps;
 ``Predictor`` runs it over many images on the host side, in fixed batches.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -25,8 +26,9 @@ class Prediction(NamedTuple):
     head_B: jax.Array  # the winning head per image (0 with one head)
 
 
-def predict(setup: Setup, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array,
-            train: bool = False) -> Prediction:
+def predict(
+    setup: Setup, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array, train: bool = False
+) -> Prediction:
     """The network's poses for target images and the learned points drawn at them, scored against the targets.
 
     With K pose heads every hypothesis is drawn and scored, and each image keeps its best (winner takes
@@ -45,10 +47,12 @@ def predict(setup: Setup, params: Any, batch_stats: Any, targets_BxHxW: jax.Arra
     sigma = pose.sigma_B if net.predict_sigma else jnp.full(pose.t_Bx2.shape[:-1], sigma_in)
     if k == 1:
         images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma, size)
-        return Prediction(loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats,
-                          jnp.zeros((b,), jnp.int32))
-    images = render.render_poses(params["points"], pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2),
-                                 sigma.reshape(b * k), size).reshape(b, k, *size)
+        return Prediction(
+            loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats, jnp.zeros((b,), jnp.int32)
+        )
+    images = render.render_poses(
+        params["points"], pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2), sigma.reshape(b * k), size
+    ).reshape(b, k, *size)
     loss_BxK = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
     head = jnp.argmin(loss_BxK, axis=1)
     best = lambda x: jnp.take_along_axis(x, head.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
@@ -87,4 +91,5 @@ class Predictor:
             x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)]) if len(x) < self.batch else x
             out = self._fn(self.state, jnp.asarray(x), jnp.float32(sigma))
             return out._replace(batch_stats=None)
+
         return batched(chunk, len(images), self.batch)

@@ -2,6 +2,7 @@
 
 Also the original's render tool: a point file at a pose and sigma, as FITS and PNG.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,9 @@ def fits_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = None,
-          quiet: bool = False) -> list[dict[str, Any]]:
+def infer(
+    workdir: str | Path, input_path: str | Path, out: str | Path | None = None, quiet: bool = False
+) -> list[dict[str, Any]]:
     """Predict each image's pose and sigma; write the guess as FITS and input|guess as PNG, plus infer.json."""
     saved = workdirs.load(workdir)
     setup, state = saved.setup, saved.state
@@ -39,8 +41,11 @@ def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = 
     for f in files:
         image = fits.read_image(f)
         if image.shape != setup.ds.size:
-            raise InputError(f, f"image is {image.shape[0]}x{image.shape[1]}, the run was trained on "
-                                f"{setup.ds.size[0]}x{setup.ds.size[1]}")
+            raise InputError(
+                f,
+                f"image is {image.shape[0]}x{image.shape[1]}, the run was trained on "
+                f"{setup.ds.size[0]}x{setup.ds.size[1]}",
+            )
         if image.sum() <= 0:
             raise InputError(f, "image has no positive intensity")
         images.append(image)
@@ -51,10 +56,17 @@ def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = 
         R = np.asarray(pred.pose.R_Bx3x3[i], np.float64)
         rot = Rotation.from_matrix(R)
         x, y, z, w = rot.as_quat()
-        results.append({"file": str(f), "axis_angle": rot.as_rotvec().tolist(),
-                        "euler_xyz_deg": rot.as_euler("xyz", degrees=True).tolist(), "quaternion_wxyz": [w, x, y, z],
-                        "translation": np.asarray(pred.pose.t_Bx2[i]).tolist(), "sigma": float(pred.sigma_B[i]),
-                        "loss": float(pred.loss_B[i])})
+        results.append(
+            {
+                "file": str(f),
+                "axis_angle": rot.as_rotvec().tolist(),
+                "euler_xyz_deg": rot.as_euler("xyz", degrees=True).tolist(),
+                "quaternion_wxyz": [w, x, y, z],
+                "translation": np.asarray(pred.pose.t_Bx2[i]).tolist(),
+                "sigma": float(pred.sigma_B[i]),
+                "loss": float(pred.loss_B[i]),
+            }
+        )
         fits.write_image(out / f"{f.stem}_guess.fits", pred.images_BxHxW[i], {"SIGMA": float(pred.sigma_B[i])})
         pair = plots.side_by_side(images[i][None], pred.images_BxHxW[i][None])[0]
         plots.save_png(out / f"{f.stem}.png", pair, scale=plots.enlargement(setup.ds.size))
@@ -62,9 +74,11 @@ def infer(workdir: str | Path, input_path: str | Path, out: str | Path | None = 
     if not quiet:
         for r in results:
             e = r["euler_xyz_deg"]
-            print(f"{Path(r['file']).name}: euler xyz ({e[0]:.1f}, {e[1]:.1f}, {e[2]:.1f}) deg, "
-                  f"translation ({r['translation'][0]:.3f}, {r['translation'][1]:.3f}), sigma {r['sigma']:.3g}, "
-                  f"loss {r['loss']:.4g}")
+            print(
+                f"{Path(r['file']).name}: euler xyz ({e[0]:.1f}, {e[1]:.1f}, {e[2]:.1f}) deg, "
+                f"translation ({r['translation'][0]:.3f}, {r['translation'][1]:.3f}), sigma {r['sigma']:.3g}, "
+                f"loss {r['loss']:.4g}"
+            )
     return results
 
 
@@ -81,15 +95,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def render_file(object_path: str | Path, out: str | Path, pose: str = "euler:0,0,0", sigma: float = 2.0,
-                size: str = "128", translation: tuple[float, float] = (0.0, 0.0), normalise: bool = False) -> Path:
+def render_file(
+    object_path: str | Path,
+    out: str | Path,
+    pose: str = "euler:0,0,0",
+    sigma: float = 2.0,
+    size: str = "128",
+    translation: tuple[float, float] = (0.0, 0.0),
+    normalise: bool = False,
+) -> Path:
     """Render a point file at a pose and sigma to ``out`` (.fits) and a PNG beside it; returns the FITS path."""
     if not sigma > 0:
         raise InputError(None, f"sigma must be positive, got {sigma}")
     points = pointfile.read_points(object_path)
     R = poses.parse_pose(pose)
-    image = render.render(jnp.asarray(points), jnp.asarray(R, jnp.float32), jnp.asarray(translation, jnp.float32),
-                          jnp.float32(sigma), None, parse_size(size))
+    image = render.render(
+        jnp.asarray(points),
+        jnp.asarray(R, jnp.float32),
+        jnp.asarray(translation, jnp.float32),
+        jnp.float32(sigma),
+        None,
+        parse_size(size),
+    )
     if normalise:
         image = loss.normalise(image[None], "basic")[0]
     image = np.asarray(image)

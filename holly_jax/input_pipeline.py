@@ -7,6 +7,7 @@ or, for a FITS data set, the images themselves, from the folder of the
 schedule's entry at that step. Batches are gathered on a background thread a
 few steps ahead and placed on the devices, split along the mesh's data axis.
 """
+
 from __future__ import annotations
 
 import queue
@@ -46,26 +47,38 @@ def host_batch(setup: Setup, items: np.ndarray, step: int) -> np.ndarray:
     return np.asarray(setup.ds.fits_images.images_for_entry(schedule_entry(setup, step))[np.asarray(items)])
 
 
-def batches(order: Callable[[int], np.ndarray], steps_per_epoch: int, batch_size: int, start: int, stop: int,
-            make: Callable[[np.ndarray, int], Any], prefetch: int = 2) -> Iterator[Any]:
+def batches(
+    order: Callable[[int], np.ndarray],
+    steps_per_epoch: int,
+    batch_size: int,
+    start: int,
+    stop: int,
+    make: Callable[[np.ndarray, int], Any],
+    prefetch: int = 2,
+) -> Iterator[Any]:
     """``make(positions, step)`` for steps start .. stop - 1, where ``positions`` is the step's slice of its
     epoch's ``order(epoch)``; made on a background thread, ``prefetch`` steps ahead."""
+
     def produce():
         current, current_epoch = None, -1
         for step in range(start, stop):
             epoch = step // steps_per_epoch
             if epoch != current_epoch:
                 current, current_epoch = order(epoch), epoch
-            yield make(current[(step % steps_per_epoch) * batch_size:][:batch_size], step)
+            yield make(current[(step % steps_per_epoch) * batch_size :][:batch_size], step)
+
     return prefetched(produce(), prefetch)
 
 
 def train_batches(setup: Setup, start: int) -> Iterator[jax.Array]:
     """Device batches for training steps start, start + 1, ..."""
+
     def make(items, step):
         return jax.device_put(host_batch(setup, items, step), setup.batch_sharded())
-    return batches(lambda epoch: epoch_order(setup, epoch), setup.steps_per_epoch, setup.batch_size, start,
-                   setup.total_steps, make)
+
+    return batches(
+        lambda epoch: epoch_order(setup, epoch), setup.steps_per_epoch, setup.batch_size, start, setup.total_steps, make
+    )
 
 
 def prefetched(iterator: Iterator, depth: int) -> Iterator:

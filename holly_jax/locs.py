@@ -12,6 +12,7 @@ localisations centred on their mean, rotated by a random in-plane angle, and
 splatted at the schedule's sigma with a render pixel size in nm. This replaces
 the original's separate pre-render step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ CSV_X, CSV_Y = "x [nm]", "y [nm]"
 
 class Localisations(NamedTuple):
     """One row per detected blink, in nm."""
+
     x_nm: np.ndarray
     y_nm: np.ndarray
     group: np.ndarray  # int particle id per row
@@ -43,6 +45,7 @@ class Localisations(NamedTuple):
 
 class Particles(NamedTuple):
     """Particles padded to the largest: localisations in nm about each particle's mean, and a 0/1 mask."""
+
     xy_PxLx2: np.ndarray
     mask_PxL: np.ndarray
     groups: np.ndarray
@@ -86,8 +89,14 @@ def read_thunderstorm(path: str | os.PathLike) -> Localisations:
     x, y = col(CSV_X, 0.0), col(CSV_Y, 0.0)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise InputError(path, "non-finite coordinates (NaN or inf)")
-    return Localisations(x, y, col("group", 0).astype(np.int64), col("frame", 0).astype(np.int64),
-                         col("intensity [photon]", 0.0), col("sigma [nm]", 0.0))
+    return Localisations(
+        x,
+        y,
+        col("group", 0).astype(np.int64),
+        col("frame", 0).astype(np.int64),
+        col("intensity [photon]", 0.0),
+        col("sigma [nm]", 0.0),
+    )
 
 
 def read_picasso(path: str | os.PathLike, pixel_nm: float | None = None) -> Localisations:
@@ -113,8 +122,14 @@ def read_picasso(path: str | os.PathLike, pixel_nm: float | None = None) -> Loca
     x, y = get("x", 0.0).astype(np.float64) * pixel_nm, get("y", 0.0).astype(np.float64) * pixel_nm
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise InputError(path, "non-finite coordinates (NaN or inf)")
-    return Localisations(x, y, get("group", 0).astype(np.int64), get("frame", 0).astype(np.int64),
-                         get("photons", 0.0).astype(np.float64), get("lpx", 0.0).astype(np.float64) * pixel_nm)
+    return Localisations(
+        x,
+        y,
+        get("group", 0).astype(np.int64),
+        get("frame", 0).astype(np.int64),
+        get("photons", 0.0).astype(np.float64),
+        get("lpx", 0.0).astype(np.float64) * pixel_nm,
+    )
 
 
 def picasso_pixel_nm(yaml_path: Path) -> float:
@@ -163,9 +178,18 @@ class Simulation(NamedTuple):
     truth_xy_nm: np.ndarray  # per row: the true projected position (NaN for background)
 
 
-def simulate(points_Nx3: np.ndarray, num_particles: int, seed: int = 0, nm_per_unit: float = 50.0,
-             labelling: float = 0.8, blinks: float = 4.0, precision_nm: float = 8.0, background: float = 5.0,
-             field_nm: float = 200.0, photons: float = 1500.0) -> Simulation:
+def simulate(
+    points_Nx3: np.ndarray,
+    num_particles: int,
+    seed: int = 0,
+    nm_per_unit: float = 50.0,
+    labelling: float = 0.8,
+    blinks: float = 4.0,
+    precision_nm: float = 8.0,
+    background: float = 5.0,
+    field_nm: float = 200.0,
+    photons: float = 1500.0,
+) -> Simulation:
     """Particles of a 3D structure at uniformly random poses, as localisations (nm).
 
     Each structure point is labelled with probability ``labelling``; a label blinks a Poisson(``blinks``)
@@ -193,8 +217,14 @@ def simulate(points_Nx3: np.ndarray, num_particles: int, seed: int = 0, nm_per_u
     group = np.concatenate([p_idx, bg_p])
     xy = np.concatenate([signal, bg]) + centres[group]
     m = len(group)
-    locs = Localisations(xy[:, 0], xy[:, 1], group.astype(np.int64), rng.integers(0, 20000, m),
-                         rng.exponential(photons, m), np.full(m, precision_nm))
+    locs = Localisations(
+        xy[:, 0],
+        xy[:, 1],
+        group.astype(np.int64),
+        rng.integers(0, 20000, m),
+        rng.exponential(photons, m),
+        np.full(m, precision_nm),
+    )
     truth_all = np.concatenate([truth + centres[p_idx], np.full((len(bg_p), 2), np.nan)])
     return Simulation(locs, np.concatenate([np.zeros(len(p_idx), bool), np.ones(len(bg_p), bool)]), truth_all)
 
@@ -212,8 +242,15 @@ def write_picasso(path: str | os.PathLike, locs: Localisations, pixel_nm: float 
     import h5py
     import yaml
 
-    dtype = [("frame", "u4"), ("x", "f4"), ("y", "f4"), ("photons", "f4"), ("lpx", "f4"), ("lpy", "f4"),
-             ("group", "i4")]
+    dtype = [
+        ("frame", "u4"),
+        ("x", "f4"),
+        ("y", "f4"),
+        ("photons", "f4"),
+        ("lpx", "f4"),
+        ("lpy", "f4"),
+        ("group", "i4"),
+    ]
     table = np.zeros(len(locs.x_nm), dtype)
     table["frame"], table["x"], table["y"] = locs.frame, locs.x_nm / pixel_nm, locs.y_nm / pixel_nm
     table["photons"], table["group"] = locs.photons, locs.group
@@ -240,8 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--background", type=float, default=5.0, help="mean background localisations per particle")
     args = parser.parse_args(argv)
     try:
-        sim = simulate(pointfile.read_points(args.object), args.particles, args.seed, args.nm_per_unit,
-                       args.labelling, args.blinks, args.precision, args.background)
+        sim = simulate(
+            pointfile.read_points(args.object),
+            args.particles,
+            args.seed,
+            args.nm_per_unit,
+            args.labelling,
+            args.blinks,
+            args.precision,
+            args.background,
+        )
     except InputError as e:
         raise SystemExit(f"error: {e}")
     write_thunderstorm(f"{args.out}.csv", sim.locs)

@@ -8,6 +8,7 @@ also run at the last step. The loop waits on the device only at those
 intervals; a non-finite loss stops it with a one-line error, keeping the last
 checkpoint. The images/s it reports exclude the time spent in the actions.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,16 +30,30 @@ class Loop(NamedTuple):
     save_every: int
 
 
-def drive(loop: Loop, state: Any, start: int, step_fn: Callable, batches: Iterable,
-          report: Callable[[int, dict[str, float], float, Any], dict[str, Any]],
-          save: Callable[[int, Any], None], primary: bool = True) -> Any:
+def drive(
+    loop: Loop,
+    state: Any,
+    start: int,
+    step_fn: Callable,
+    batches: Iterable,
+    report: Callable[[int, dict[str, float], float, Any], dict[str, Any]],
+    save: Callable[[int, Any], None],
+    primary: bool = True,
+) -> Any:
     """Run ``state, metrics = step_fn(state, batch)`` for steps start .. total - 1 and return the last state.
 
     ``report(done, means, images_per_s, state)`` and ``save(done, state)`` are the periodic actions; ``done``
     counts the steps finished. Only ``primary`` (process 0) shows a progress bar.
     """
-    bar = tqdm(total=loop.total * loop.batch_size, initial=start * loop.batch_size, unit="img", unit_scale=True,
-               dynamic_ncols=True, disable=None if primary else True, desc=loop.name)
+    bar = tqdm(
+        total=loop.total * loop.batch_size,
+        initial=start * loop.batch_size,
+        unit="img",
+        unit_scale=True,
+        dynamic_ncols=True,
+        disable=None if primary else True,
+        desc=loop.name,
+    )
     saved = start or None  # the step of the newest checkpoint
     acc, n_acc, images, t_last = None, 0, 0, time.perf_counter()
     for step, batch in zip(range(start, loop.total), batches):
@@ -54,8 +69,11 @@ def drive(loop: Loop, state: Any, start: int, step_fn: Callable, batches: Iterab
             rate = images / (time.perf_counter() - t_last)
             means = {k: float(v) / n_acc for k, v in jax.device_get(acc).items()}
             if not np.isfinite(means["train_loss"]):
-                raise InputError(None, f"{loop.name} diverged: the loss is {means['train_loss']} at {loop.name} "
-                                       f"step {done}; the last checkpoint (step {saved}) is kept")
+                raise InputError(
+                    None,
+                    f"{loop.name} diverged: the loss is {means['train_loss']} at {loop.name} "
+                    f"step {done}; the last checkpoint (step {saved}) is kept",
+                )
             record = report(done, means, rate, state)
             postfix = {"loss": f"{record['train_loss']:.4g}", "img_s": f"{rate:.0f}"}
             if "sigma_in" in record:

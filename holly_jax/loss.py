@@ -1,4 +1,5 @@
 """Image normalisation and the L1 loss (docs/method.md §4)."""
+
 from __future__ import annotations
 
 import jax

@@ -5,6 +5,7 @@ orthographic projection cannot tell chirality), so distances are taken after
 the best rigid alignment, found by ICP from many starting rotations, the
 mirror image tried too.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -41,6 +42,7 @@ def kabsch(src_Nx3: np.ndarray, dst_Nx3: np.ndarray) -> tuple[np.ndarray, np.nda
 
 class Alignment(NamedTuple):
     """x_aligned = R @ (M @ x) + t, with M the identity or the mirror diag(1, 1, -1)."""
+
     R: np.ndarray
     t: np.ndarray
     mirrored: bool
@@ -51,8 +53,9 @@ class Alignment(NamedTuple):
         return x_Nx3 @ (self.R @ m).T + self.t
 
 
-def icp(src_Nx3: np.ndarray, dst_Mx3: np.ndarray, R0: np.ndarray, iterations: int = 40) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
+def icp(
+    src_Nx3: np.ndarray, dst_Mx3: np.ndarray, R0: np.ndarray, iterations: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric ICP from a starting rotation (centroids matched first)."""
     tree_dst, src = cKDTree(dst_Mx3), src_Nx3
     R, t = R0, dst_Mx3.mean(0) - R0 @ src.mean(0)
@@ -69,8 +72,9 @@ def icp(src_Nx3: np.ndarray, dst_Mx3: np.ndarray, R0: np.ndarray, iterations: in
     return R, t
 
 
-def align(learned_Nx3: np.ndarray, truth_Mx3: np.ndarray, starts: int = 48, allow_mirror: bool = True,
-          seed: int = 0) -> Alignment:
+def align(
+    learned_Nx3: np.ndarray, truth_Mx3: np.ndarray, starts: int = 48, allow_mirror: bool = True, seed: int = 0
+) -> Alignment:
     """Best rigid alignment of ``learned`` onto ``truth`` by Chamfer, over ICP runs from many rotations."""
     learned = np.asarray(learned_Nx3, np.float64)
     truth = np.asarray(truth_Mx3, np.float64)
@@ -99,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     learned, truth = pointfile.read_points(args.learned), pointfile.read_points(args.truth)
     a = align(learned, truth)
     aligned = a.apply(learned)
-    print(f"aligned Chamfer {a.chamfer:.4f}  Hausdorff {hausdorff(aligned, truth):.4f}  "
-          f"mirrored {a.mirrored}  (unaligned Chamfer {chamfer(learned, truth):.4f})")
+    print(
+        f"aligned Chamfer {a.chamfer:.4f}  Hausdorff {hausdorff(aligned, truth):.4f}  "
+        f"mirrored {a.mirrored}  (unaligned Chamfer {chamfer(learned, truth):.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ metrics log is append-only and, on resume, cut back to the restored step (a
 torn last line from a kill is dropped with it). A ``Recorder`` sends each
 phase's records to the metrics log, TensorBoard and the console.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,6 +85,7 @@ class TensorBoard:
 
     def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
         from tensorboardX import SummaryWriter  # import here: only runs that log need it
+
         self.writer = SummaryWriter(str(logdir), purge_step=purge_step or None)
 
     def write(self, record: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ checkpoints: rerunning ``fit`` on a workdir finishes what an interrupted run
 left. With several processes, each trains its share of the global batch and
 only process 0 writes files (Orbax coordinates checkpoints).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path) -> workdirs.Saved:
     refined = refine.load(workdir, setup, state) if int(state.step) == setup.total_steps else None
     if primary:
         outputs.write_json(workdir / "config.json", cfg.to_dict())
-    rec = outputs.Recorder(workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step)))
+    rec = outputs.Recorder(
+        workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step))
+    )
     state = train.train(setup, state, mngr, workdir, rec)
     if refine.enabled(setup):
         refined = refine.refine(setup, state, workdir, rec, refined)
@@ -62,10 +65,21 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> t
     return saved.state
 
 
-def evaluate_workdir(workdir: str | Path, truth: str | Path | None = None,
-                     pose_texts: Sequence[str] = evaluate.DEFAULT_POSES, quiet: bool = False) -> dict[str, Any]:
+def evaluate_workdir(
+    workdir: str | Path,
+    truth: str | Path | None = None,
+    pose_texts: Sequence[str] = evaluate.DEFAULT_POSES,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Evaluate the latest checkpoint of the run in ``workdir``, with its refined points and poses if it was
     refined."""
     saved = workdirs.load(workdir)
-    return evaluate.evaluate(saved.setup, refine.with_points(saved.state, saved.refined), Path(workdir), truth,
-                             pose_texts, quiet, saved.refined)
+    return evaluate.evaluate(
+        saved.setup,
+        refine.with_points(saved.state, saved.refined),
+        Path(workdir),
+        truth,
+        pose_texts,
+        quiet,
+        saved.refined,
+    )

@@ -4,6 +4,7 @@ Everything is drawn in-process (matplotlib figures rendered by Agg, without
 pyplot, so the caller's own matplotlib backend is left alone, and Pillow) and
 written atomically, so a picture on disk is always a whole one.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,15 +39,18 @@ def montage(images_BxHxW: np.ndarray, cols: int, gap: int = 2) -> np.ndarray:
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
         image = np.asarray(image)
-        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = (
-            image if image.dtype == np.uint8 else to_uint8(image))
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = (
+            image if image.dtype == np.uint8 else to_uint8(image)
+        )
     return out
 
 
 def side_by_side(a_BxHxW: np.ndarray, b_BxHxW: np.ndarray) -> list[np.ndarray]:
     """uint8 frames with a and b next to each other, each image scaled to its own maximum."""
-    return [np.concatenate([to_uint8(x), np.full((x.shape[0], 2), 90, np.uint8), to_uint8(y)], 1)
-            for x, y in zip(np.asarray(a_BxHxW), np.asarray(b_BxHxW))]
+    return [
+        np.concatenate([to_uint8(x), np.full((x.shape[0], 2), 90, np.uint8), to_uint8(y)], 1)
+        for x, y in zip(np.asarray(a_BxHxW), np.asarray(b_BxHxW))
+    ]
 
 
 def pairs(inputs_BxHxW: np.ndarray, outputs_BxHxW: np.ndarray, cols: int = 4) -> np.ndarray:
@@ -78,8 +82,9 @@ def save_gif(path: PathLike, frames: Sequence[np.ndarray], seconds_per_frame: fl
     if scale > 1:
         pictures = [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
     buf = io.BytesIO()
-    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], loop=0,
-                     duration=int(seconds_per_frame * 1000))
+    pictures[0].save(
+        buf, format="GIF", save_all=True, append_images=pictures[1:], loop=0, duration=int(seconds_per_frame * 1000)
+    )
     write_atomic(path, buf.getvalue())
 
 
@@ -98,9 +103,11 @@ def _save_figure(fig: Figure, path: PathLike) -> None:
 def save_curves(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     """Training curves from metrics records: losses, sigma in and predicted, learning rates."""
     fig, axes = _figure(1, 3, figsize=(15, 4))
-    panels = ((axes[0], ("train_loss", "test_loss"), "L1 per image"),
-              (axes[1], ("sigma_in", "sigma_out"), "sigma (px)"),
-              (axes[2], ("lr", "plr"), "learning rate"))
+    panels = (
+        (axes[0], ("train_loss", "test_loss"), "L1 per image"),
+        (axes[1], ("sigma_in", "sigma_out"), "sigma (px)"),
+        (axes[2], ("lr", "plr"), "learning rate"),
+    )
     for ax, keys, label in panels:
         for key in keys:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
@@ -115,8 +122,9 @@ def save_curves(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     _save_figure(fig, path)
 
 
-def save_cloud_views(path: PathLike, points_Nx3: np.ndarray, truth_Mx3: np.ndarray | None = None,
-                     title: str = "") -> None:
+def save_cloud_views(
+    path: PathLike, points_Nx3: np.ndarray, truth_Mx3: np.ndarray | None = None, title: str = ""
+) -> None:
     """The cloud from three orthogonal views (along z, y and x), with a ground truth beneath if given."""
     points = np.asarray(points_Nx3)
     fig, axes = _figure(1, 3, figsize=(13, 4.5))

@@ -4,6 +4,7 @@ Points come back as float32 arrays of shape (N, 3). Every problem with a file is
 as a one-line `InputError` naming the file; writes are atomic (temp file + `os.replace`).
 OBJ is our own code; PLY is read and written by the `plyfile` library.
 """
+
 from __future__ import annotations
 
 import io
@@ -121,10 +122,10 @@ def _parse_ply(path: PathLike, data: bytes) -> np.ndarray:
     end = _END_HEADER.search(data)
     head = data if end is None else data[: end.start(1)]  # the header, or all of a file without one
     if end is not None and end[2]:  # plyfile wants 'end_header' alone on its line
-        data = head + b"end_header" + data[end.end():]
+        data = head + b"end_header" + data[end.end() :]
     if not head.isascii():
         head = head.translate(_ASCII_ONLY)
-        data = head + data[len(head):]
+        data = head + data[len(head) :]
     stream = _AsciiPly(data) if _ASCII_FORMAT.search(head) else io.BytesIO(data)
     try:
         with warnings.catch_warnings():

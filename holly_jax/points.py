@@ -1,4 +1,5 @@
 """Initial point clouds: uniform in [-1, 1]^3, a Gaussian spot, or Poisson-disc (docs/method.md §5)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ since a projection along z cannot tell F apart). So Q_i = R_true_i^T R_pred_i
 each image's error is its angle from A. The handedness with the smaller median
 error is reported.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,8 +73,12 @@ class PoseError(NamedTuple):
 
     def summary(self) -> dict[str, float]:
         e = self.errors_deg
-        return {"rotation_error_median_deg": float(np.median(e)), "rotation_error_mean_deg": float(np.mean(e)),
-                "rotation_under_10deg": float(np.mean(e < 10.0)), "rotation_mirrored": bool(self.mirrored)}
+        return {
+            "rotation_error_median_deg": float(np.median(e)),
+            "rotation_error_mean_deg": float(np.mean(e)),
+            "rotation_under_10deg": float(np.mean(e < 10.0)),
+            "rotation_mirrored": bool(self.mirrored),
+        }
 
 
 def rotation_error(R_true_Bx3x3: np.ndarray, R_pred_Bx3x3: np.ndarray) -> PoseError:

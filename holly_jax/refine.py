@@ -12,6 +12,7 @@ same place as in training (simulated items, localisation particles at a fixed
 in-plane angle each, or FITS images from the final schedule entry), so a row
 always meets the same image.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,6 +60,7 @@ class RefineState(struct.PyTreeNode):
 
 class Phase(NamedTuple):
     """The refinement's static settings."""
+
     steps: int
     batch_size: int
     rows: int
@@ -81,8 +83,15 @@ def phase(setup: Setup) -> Phase:
     steps = int(cfg.refine.steps)
     plr = cfg.refine.plr or cfg.optim.plr or cfg.optim.lr
     fraction = cfg.optim.decay_fraction
-    return Phase(steps, b, m, m // b, forward.final_sigma(setup), optim.decaying(cfg.refine.lr, steps, fraction),
-                 optim.decaying(plr, steps, fraction))
+    return Phase(
+        steps,
+        b,
+        m,
+        m // b,
+        forward.final_sigma(setup),
+        optim.decaying(cfg.refine.lr, steps, fraction),
+        optim.decaying(plr, steps, fraction),
+    )
 
 
 def points_optimizer(setup: Setup, ph: Phase) -> optax.GradientTransformation:
@@ -98,8 +107,9 @@ def rotations_of(state: RefineState) -> jax.Array:
     return row_rotations(state.R0_Mx3x3, state.rows["omega"])
 
 
-def sparse_adam(rows: dict, grads: dict, mu: dict, nu: dict, count_B: jax.Array, lr: jax.Array,
-                cfg: ml_collections.ConfigDict) -> tuple[dict, dict, dict, jax.Array]:
+def sparse_adam(
+    rows: dict, grads: dict, mu: dict, nu: dict, count_B: jax.Array, lr: jax.Array, cfg: ml_collections.ConfigDict
+) -> tuple[dict, dict, dict, jax.Array]:
     """One Adam update of gathered rows, bias-corrected by each row's own count."""
     b1, b2, eps = cfg.optim.b1, cfg.optim.b2, cfg.optim.eps
     count = count_B + 1
@@ -108,7 +118,8 @@ def sparse_adam(rows: dict, grads: dict, mu: dict, nu: dict, count_B: jax.Array,
 
     def step(p, m, v):
         c = count.astype(p.dtype).reshape((-1,) + (1,) * (p.ndim - 1))
-        return p - lr * (m / (1 - b1 ** c)) / (jnp.sqrt(v / (1 - b2 ** c)) + eps)
+        return p - lr * (m / (1 - b1**c)) / (jnp.sqrt(v / (1 - b2**c)) + eps)
+
     return jax.tree.map(step, rows, mu, nu), mu, nu, count
 
 
@@ -128,8 +139,9 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
 
         def loss_fn(points, rows):
-            images = render.render_poses(points, row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"],
-                                         setup.ds.size)
+            images = render.render_poses(
+                points, row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"], setup.ds.size
+            )
             return jnp.sum(loss.l1_per_image(images, targets, mode))
 
         total, (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.points, gathered)
@@ -137,16 +149,31 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
         updates, points_opt = tx.update(g_points, state.points_opt, state.points)
         points = optax.apply_updates(state.points, updates)
-        new, mu, nu, count = sparse_adam(gathered, g_rows, jax.tree.map(lambda x: x[rows_B], state.mu),
-                                         jax.tree.map(lambda x: x[rows_B], state.nu), state.count_M[rows_B],
-                                         ph.lr(state.step), cfg)
+        new, mu, nu, count = sparse_adam(
+            gathered,
+            g_rows,
+            jax.tree.map(lambda x: x[rows_B], state.mu),
+            jax.tree.map(lambda x: x[rows_B], state.nu),
+            state.count_M[rows_B],
+            ph.lr(state.step),
+            cfg,
+        )
         new = {**new, "sigma": jnp.maximum(new["sigma"], SIGMA_FLOOR)}
         scatter = lambda full, part: full.at[rows_B].set(part)
-        state = state.replace(step=state.step + 1, points=points, points_opt=points_opt,
-                              rows=jax.tree.map(scatter, state.rows, new), mu=jax.tree.map(scatter, state.mu, mu),
-                              nu=jax.tree.map(scatter, state.nu, nu), count_M=state.count_M.at[rows_B].set(count))
-        metrics = {"train_loss": total / rows_B.shape[0], "sigma_out": jnp.mean(new["sigma"]),
-                   "grad_norm": optax.global_norm((g_points, g_rows))}
+        state = state.replace(
+            step=state.step + 1,
+            points=points,
+            points_opt=points_opt,
+            rows=jax.tree.map(scatter, state.rows, new),
+            mu=jax.tree.map(scatter, state.mu, mu),
+            nu=jax.tree.map(scatter, state.nu, nu),
+            count_M=state.count_M.at[rows_B].set(count),
+        )
+        metrics = {
+            "train_loss": total / rows_B.shape[0],
+            "sigma_out": jnp.mean(new["sigma"]),
+            "grad_norm": optax.global_norm((g_points, g_rows)),
+        }
         return state, metrics
 
     rep = setup.replicated()
@@ -155,7 +182,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
 
 def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
     """Rows for the first ``ph.rows`` training items, started from the network's winning hypothesis."""
-    items = np.asarray(setup.ds.splits["train"][:ph.rows], np.int32)
+    items = np.asarray(setup.ds.splits["train"][: ph.rows], np.int32)
     b = setup.batch_size
     sigma = jnp.float32(ph.sigma)
 
@@ -166,39 +193,78 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
         return out.pose.R_Bx3x3, out.pose.t_Bx2, out.sigma_B
 
     padded = np.concatenate([items, np.full((-len(items)) % b, items[0], np.int32)])
-    parts = [jax.device_get(poses(state, setup.ds.arrays, jax.device_put(
-        input_pipeline.host_batch(setup, padded[i:i + b], setup.total_steps), setup.batch_sharded())))
-        for i in range(0, len(padded), b)]
-    R, t, s = (np.concatenate(x)[:len(items)] for x in zip(*parts))
-    return _fresh_state(setup, ph, jnp.array(state.params["points"]),  # a copy: the train state may be donated
-                        jnp.asarray(items), jnp.asarray(R, jnp.float32), jnp.asarray(t, jnp.float32),
-                        jnp.asarray(s, jnp.float32))
+    parts = [
+        jax.device_get(
+            poses(
+                state,
+                setup.ds.arrays,
+                jax.device_put(
+                    input_pipeline.host_batch(setup, padded[i : i + b], setup.total_steps), setup.batch_sharded()
+                ),
+            )
+        )
+        for i in range(0, len(padded), b)
+    ]
+    R, t, s = (np.concatenate(x)[: len(items)] for x in zip(*parts))
+    return _fresh_state(
+        setup,
+        ph,
+        jnp.array(state.params["points"]),  # a copy: the train state may be donated
+        jnp.asarray(items),
+        jnp.asarray(R, jnp.float32),
+        jnp.asarray(t, jnp.float32),
+        jnp.asarray(s, jnp.float32),
+    )
 
 
-def _fresh_state(setup: Setup, ph: Phase, points: jax.Array, items_M: jax.Array, R0_Mx3x3: jax.Array,
-                 t_Mx2: jax.Array, sigma_M: jax.Array) -> RefineState:
+def _fresh_state(
+    setup: Setup,
+    ph: Phase,
+    points: jax.Array,
+    items_M: jax.Array,
+    R0_Mx3x3: jax.Array,
+    t_Mx2: jax.Array,
+    sigma_M: jax.Array,
+) -> RefineState:
     """A state before its first step: rows at their starting poses, moments and counts zero."""
     rows = {"omega": jnp.zeros((len(items_M), 3), t_Mx2.dtype), "t": t_Mx2, "sigma": sigma_M}
-    return RefineState(step=jnp.int32(0), points=points, points_opt=points_optimizer(setup, ph).init(points),
-                       items_M=items_M, R0_Mx3x3=R0_Mx3x3, rows=rows, mu=jax.tree.map(jnp.zeros_like, rows),
-                       nu=jax.tree.map(jnp.zeros_like, rows), count_M=jnp.zeros_like(items_M))
+    return RefineState(
+        step=jnp.int32(0),
+        points=points,
+        points_opt=points_optimizer(setup, ph).init(points),
+        items_M=items_M,
+        R0_Mx3x3=R0_Mx3x3,
+        rows=rows,
+        mu=jax.tree.map(jnp.zeros_like, rows),
+        nu=jax.tree.map(jnp.zeros_like, rows),
+        count_M=jnp.zeros_like(items_M),
+    )
 
 
 def initial_state_shape(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
     """A state of the right shapes without running the network (a restore template)."""
     m = ph.rows
-    return _fresh_state(setup, ph, jnp.asarray(state.params["points"]), jnp.zeros((m,), jnp.int32),
-                        jnp.zeros((m, 3, 3)), jnp.zeros((m, 2)), jnp.zeros((m,)))
+    return _fresh_state(
+        setup,
+        ph,
+        jnp.asarray(state.params["points"]),
+        jnp.zeros((m,), jnp.int32),
+        jnp.zeros((m, 3, 3)),
+        jnp.zeros((m, 2)),
+        jnp.zeros((m,)),
+    )
 
 
 def batches(setup: Setup, ph: Phase, items_M: np.ndarray, start: int):
     """(rows, batch) for refinement steps start, start + 1, ..., gathered on a background thread."""
+
     def make(rows, step):
         batch = input_pipeline.host_batch(setup, items_M[rows], setup.total_steps)
         return jax.device_put(rows, setup.batch_sharded()), jax.device_put(batch, setup.batch_sharded())
 
     def order(epoch):
         return input_pipeline.shuffled(setup.cfg.seed, salts.REFINE_ORDER, ph.rows, epoch).astype(np.int32)
+
     return input_pipeline.batches(order, ph.steps_per_epoch, ph.batch_size, start, ph.steps, make)
 
 
@@ -216,8 +282,9 @@ def load(workdir: str | Path, setup: Setup, state: TrainState) -> RefineState | 
     return checkpoints.restore_latest(mngr, template, "refinement checkpoint")
 
 
-def refine(setup: Setup, state: TrainState, workdir: Path, rec: outputs.Recorder,
-           restored: RefineState | None = None) -> RefineState:
+def refine(
+    setup: Setup, state: TrainState, workdir: Path, rec: outputs.Recorder, restored: RefineState | None = None
+) -> RefineState:
     """Refine (or resume refining) after training; checkpoints under ``workdir/refine``, and records in the
     run's metrics log at steps after the training ones."""
     ph = phase(setup)
@@ -226,12 +293,21 @@ def refine(setup: Setup, state: TrainState, workdir: Path, rec: outputs.Recorder
     rstate = jax.device_put(rstate, setup.replicated())
     start = int(rstate.step)
     step_fn = make_step(setup, ph)
-    rec.say(f"refining the poses of {ph.rows} images with the points: batch {ph.batch_size}, {ph.steps} steps"
-            + (f", resuming at step {start}" if start else ""))
+    rec.say(
+        f"refining the poses of {ph.rows} images with the points: batch {ph.batch_size}, {ph.steps} steps"
+        + (f", resuming at step {start}" if start else "")
+    )
 
     def report(done: int, means: dict[str, float], rate: float, rstate: RefineState) -> dict[str, Any]:
-        record = {"step": setup.total_steps + done, "phase": "refine", "refine_step": done, **means,
-                  "lr": float(ph.lr(done - 1)), "plr": float(ph.plr(done - 1)), "images_per_s": rate}
+        record = {
+            "step": setup.total_steps + done,
+            "phase": "refine",
+            "refine_step": done,
+            **means,
+            "lr": float(ph.lr(done - 1)),
+            "plr": float(ph.plr(done - 1)),
+            "images_per_s": rate,
+        }
         rec.write(record)
         rec.say(f"refine step {done}/{ph.steps}: loss {record['train_loss']:.4g}, {rate:.0f} images/s")
         return record
@@ -246,8 +322,16 @@ def refine(setup: Setup, state: TrainState, workdir: Path, rec: outputs.Recorder
 
     cfg = setup.cfg
     spec = loop.Loop("refinement", ph.steps, ph.batch_size, int(cfg.train.log_every), int(cfg.train.save_every))
-    rstate = loop.drive(spec, rstate, start, lambda s, rows_batch: step_fn(s, setup.ds.arrays, *rows_batch),
-                        batches(setup, ph, np.asarray(rstate.items_M), start), report, save, rec.primary)
+    rstate = loop.drive(
+        spec,
+        rstate,
+        start,
+        lambda s, rows_batch: step_fn(s, setup.ds.arrays, *rows_batch),
+        batches(setup, ph, np.asarray(rstate.items_M), start),
+        report,
+        save,
+        rec.primary,
+    )
     mngr.wait_until_finished()
     return rstate
 

@@ -5,6 +5,7 @@ factorises into a row term and a column term, the image is
 ``Gy^T diag(mask) Gx``: two small exponential tables (N x H and N x W) and one
 matrix product, exact and O(N (H + W)) exponentials instead of O(N H W).
 """
+
 from __future__ import annotations
 
 import chex
@@ -23,8 +24,9 @@ def project(points_Nx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, size: Size)
     return px_N, py_N
 
 
-def render(points_Nx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, sigma: jax.Array,
-           mask_N: jax.Array | None, size: Size) -> jax.Array:
+def render(
+    points_Nx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, sigma: jax.Array, mask_N: jax.Array | None, size: Size
+) -> jax.Array:
     """Image HxW of the points at one pose, blurred by sigma (pixels); mask_N in {0, 1} switches points off."""
     chex.assert_shape(points_Nx3, (None, 3))
     h, w = size
@@ -38,13 +40,15 @@ def render(points_Nx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, sigma: jax.A
     return image_HxW / (2.0 * jnp.pi * sigma**2)
 
 
-def render_poses(points_Nx3: jax.Array, R_Bx3x3: jax.Array, t_Bx2: jax.Array, sigma_B: jax.Array,
-                 size: Size) -> jax.Array:
+def render_poses(
+    points_Nx3: jax.Array, R_Bx3x3: jax.Array, t_Bx2: jax.Array, sigma_B: jax.Array, size: Size
+) -> jax.Array:
     """One shared point cloud, all points on, at B poses and sigmas -> B x H x W."""
     return jax.vmap(render, in_axes=(None, 0, 0, 0, None, None))(points_Nx3, R_Bx3x3, t_Bx2, sigma_B, None, size)
 
 
-def render_items(points_BxNx3: jax.Array, R_Bx3x3: jax.Array, t_Bx2: jax.Array, sigma_B: jax.Array,
-                 mask_BxN: jax.Array, size: Size) -> jax.Array:
+def render_items(
+    points_BxNx3: jax.Array, R_Bx3x3: jax.Array, t_Bx2: jax.Array, sigma_B: jax.Array, mask_BxN: jax.Array, size: Size
+) -> jax.Array:
     """B items, each with its own points and mask -> B x H x W."""
     return jax.vmap(render, in_axes=(0, 0, 0, 0, 0, None))(points_BxNx3, R_Bx3x3, t_Bx2, sigma_B, mask_BxN, size)

@@ -15,6 +15,7 @@ Functions with a removable singularity at angle 0 switch to a Taylor series
 below a small threshold with the double-`jnp.where` trick, so values *and*
 gradients are finite and correct there (no NaN leaks from the unused branch).
 """
+
 from __future__ import annotations
 
 import jax
@@ -83,11 +84,13 @@ def quaternion_to_matrix(q_4: jax.Array) -> jax.Array:
     q_4 = jnp.asarray(q_4)
     w, x, y, z = q_4[0], q_4[1], q_4[2], q_4[3]
     s = 2.0 / jnp.sum(q_4 * q_4)
-    return jnp.stack([
-        jnp.stack([1 - s * (y * y + z * z), s * (x * y - w * z), s * (x * z + w * y)]),
-        jnp.stack([s * (x * y + w * z), 1 - s * (x * x + z * z), s * (y * z - w * x)]),
-        jnp.stack([s * (x * z - w * y), s * (y * z + w * x), 1 - s * (x * x + y * y)]),
-    ])
+    return jnp.stack(
+        [
+            jnp.stack([1 - s * (y * y + z * z), s * (x * y - w * z), s * (x * z + w * y)]),
+            jnp.stack([s * (x * y + w * z), 1 - s * (x * x + z * z), s * (y * z - w * x)]),
+            jnp.stack([s * (x * z - w * y), s * (y * z + w * x), 1 - s * (x * x + y * y)]),
+        ]
+    )
 
 
 def matrix_to_quaternion(R_3x3: jax.Array) -> jax.Array:
@@ -101,12 +104,14 @@ def matrix_to_quaternion(R_3x3: jax.Array) -> jax.Array:
     diag = jnp.stack([1 + tr, 1 + 2 * m[0, 0] - tr, 1 + 2 * m[1, 1] - tr, 1 + 2 * m[2, 2] - tr])  # 4 q_i^2
     wx, wy, wz = m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]
     xy, xz, yz = m[1, 0] + m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1]
-    cand = jnp.stack([
-        jnp.stack([diag[0], wx, wy, wz]),
-        jnp.stack([wx, diag[1], xy, xz]),
-        jnp.stack([wy, xy, diag[2], yz]),
-        jnp.stack([wz, xz, yz, diag[3]]),
-    ])
+    cand = jnp.stack(
+        [
+            jnp.stack([diag[0], wx, wy, wz]),
+            jnp.stack([wx, diag[1], xy, xz]),
+            jnp.stack([wy, xy, diag[2], yz]),
+            jnp.stack([wz, xz, yz, diag[3]]),
+        ]
+    )
     q = cand[jnp.argmax(diag)]
     q = q / jnp.sqrt(jnp.sum(q * q))
     return jnp.where(q[0] < 0, -q, q)
@@ -121,12 +126,14 @@ def quaternion_multiply(q1_4: jax.Array, q2_4: jax.Array) -> jax.Array:
     """Hamilton product q1 * q2: the rotation q2 followed by q1."""
     w1, x1, y1, z1 = q1_4[0], q1_4[1], q1_4[2], q1_4[3]
     w2, x2, y2, z2 = q2_4[0], q2_4[1], q2_4[2], q2_4[3]
-    return jnp.stack([
-        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
-        w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
-        w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
-    ])
+    return jnp.stack(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ]
+    )
 
 
 def quaternion_conjugate(q_4: jax.Array) -> jax.Array:

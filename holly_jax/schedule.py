@@ -1,4 +1,5 @@
 """The sigma schedule: large blur first, small last (docs/method.md §5)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,28 @@ from holly_jax.errors import InputError
 
 DEFAULT_SIGMAS = (10.0, 1.25)
 TEAPOT_SIGMAS = (10, 8, 6.4, 5, 4, 3.2, 2.4, 1.9, 1.5, 1.2)
-BUNNY_SIGMAS = (10, 9.0, 8.1, 7.29, 6.56, 5.9, 5.31, 4.78, 4.3, 3.87, 3.65, 3.28, 2.95, 2.66, 2.39, 2.15,
-                1.94, 1.743, 1.57, 1.41)
+BUNNY_SIGMAS = (
+    10,
+    9.0,
+    8.1,
+    7.29,
+    6.56,
+    5.9,
+    5.31,
+    4.78,
+    4.3,
+    3.87,
+    3.65,
+    3.28,
+    2.95,
+    2.66,
+    2.39,
+    2.15,
+    1.94,
+    1.743,
+    1.57,
+    1.41,
+)
 
 
 def parse_sigmas(text: str, source: str | os.PathLike | None = None) -> np.ndarray:

@@ -5,6 +5,7 @@ phase (training, refinement, evaluation, inference) reads its settings from
 it. The batch is split over a one-axis device mesh ("data"); the state is
 replicated.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class Setup(NamedTuple):
     """A run's static settings, derived once from the config and the data."""
+
     cfg: ml_collections.ConfigDict
     ds: data.Dataset
     net: model.HollyNet
@@ -43,10 +45,12 @@ class Setup(NamedTuple):
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Values the data module does not see; each problem is a one-line InputError."""
-    choices = (("train.normalise", cfg.train.normalise, loss.NORMALISATIONS),
-               ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
-               ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
-               ("points.init", cfg.points.init, points.INITS))
+    choices = (
+        ("train.normalise", cfg.train.normalise, loss.NORMALISATIONS),
+        ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
+        ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
+        ("points.init", cfg.points.init, points.INITS),
+    )
     for name, value, allowed in choices:
         if value not in allowed:
             raise InputError(None, f"config.{name}: unknown value {value!r}; expected one of {allowed}")
@@ -74,8 +78,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             raise InputError(None, f"config.refine.{name} must be positive, got {value}")
 
 
-def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None,
-                 cache_dir: Path | None = None) -> Setup:
+def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None, cache_dir: Path | None = None) -> Setup:
     """Check the config, load the data and fix the run's shape; the batch is split over ``devices``
     (default: all devices of all processes)."""
     check_config(cfg)
@@ -87,7 +90,11 @@ def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None,
     ds = ds._replace(arrays=jax.device_put(ds.arrays, NamedSharding(mesh, P())))
     spe = len(ds.splits["train"]) // b
     total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
-    net = model.HollyNet(predict_sigma=bool(cfg.model.predict_sigma), rotation=cfg.model.rotation,
-                         max_trans=float(cfg.data.max_trans), dtype=DTYPES[cfg.model.dtype],
-                         num_heads=int(cfg.model.num_heads))
+    net = model.HollyNet(
+        predict_sigma=bool(cfg.model.predict_sigma),
+        rotation=cfg.model.rotation,
+        max_trans=float(cfg.data.max_trans),
+        dtype=DTYPES[cfg.model.dtype],
+        num_heads=int(cfg.model.num_heads),
+    )
     return Setup(cfg, ds, net, b, spe, total, bool(cfg.points.fixed), mesh)

@@ -5,6 +5,7 @@ reaching about 1.5-1.8, a few hundred points each. Regenerate the files with
 
     python -m holly_jax.shapes objs/
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,9 +51,7 @@ def cep152_toroid(n_points: int = 243, seed: int = 0, radius: float = 1.25) -> n
     return np.concatenate(clusters).astype(np.float32)
 
 
-def nuclear_pore(
-    n_points: int = 256, seed: int = 0, radius: float = 1.3, half_height: float = 0.35
-) -> np.ndarray:
+def nuclear_pore(n_points: int = 256, seed: int = 0, radius: float = 1.3, half_height: float = 0.35) -> np.ndarray:
     """A nuclear-pore-like 8-fold double ring: 8 subunits at z = +h and 8 at z = -h, (N, 3)."""
     rng = np.random.default_rng(seed)
     clusters = []

@@ -9,6 +9,7 @@ memory grows with the number of items only (20 bytes each), never with
 items x pixels. In-plane augmentation turns each base item into ``num_aug``
 items that share its fluorophores and differ by a rotation about z.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ SPLITS = ("train", "test", "valid")
 
 class SimOptions(NamedTuple):
     """How items are drawn. Hashable, so it can be a static jit argument."""
+
     translate: bool = True
     max_trans: float = 0.1
     dropout: float = 0.0  # probability a whole ground-truth point is off in an item
@@ -37,6 +39,7 @@ class SimOptions(NamedTuple):
 
 class Table(NamedTuple):
     """M items: pose, base item, and the key their fluorophores derive from."""
+
     rotation_Mx3: jax.Array  # axis-angle
     translation_Mx2: jax.Array
     base_M: jax.Array  # int32 base item index (items of one base share fluorophores)
@@ -78,23 +81,26 @@ def fluorophores(gt_Nx3: jax.Array, key: jax.Array, opts: SimOptions) -> tuple[j
     return points_NxSx3.reshape(n * s, 3), mask_NxS.reshape(n * s).astype(jnp.float32)
 
 
-def item_fluorophores(gt_Nx3: jax.Array, table: Table, idx_B: jax.Array,
-                      opts: SimOptions) -> tuple[jax.Array, jax.Array]:
+def item_fluorophores(
+    gt_Nx3: jax.Array, table: Table, idx_B: jax.Array, opts: SimOptions
+) -> tuple[jax.Array, jax.Array]:
     """Fluorophores of items idx_B -> points B x P x 3 and masks B x P."""
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(table.fluor_key, table.base_M[idx_B])
     return jax.vmap(fluorophores, in_axes=(None, 0, None))(gt_Nx3, keys, opts)
 
 
-def render_targets(gt_Nx3: jax.Array, table: Table, idx_B: jax.Array, sigma_B: jax.Array,
-                   opts: SimOptions, size: render.Size) -> jax.Array:
+def render_targets(
+    gt_Nx3: jax.Array, table: Table, idx_B: jax.Array, sigma_B: jax.Array, opts: SimOptions, size: render.Size
+) -> jax.Array:
     """Target images B x H x W of items idx_B at blur sigma_B. Jittable (opts and size static)."""
     points, masks = item_fluorophores(gt_Nx3, table, idx_B, opts)
     R_Bx3x3 = jax.vmap(rotations.axis_angle_to_matrix)(table.rotation_Mx3[idx_B])
     return render.render_items(points, R_Bx3x3, table.translation_Mx2[idx_B], sigma_B, masks, size)
 
 
-def split(key: jax.Array, sizes: dict[str, int], num_aug: int,
-          allocation: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def split(
+    key: jax.Array, sizes: dict[str, int], num_aug: int, allocation: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Disjoint item indices per split; ``sizes`` counts base items (the original's train/test/valid sizes).
 
     Each base item stands for ``num_aug`` items, and whole base items are split, so
@@ -109,7 +115,7 @@ def split(key: jax.Array, sizes: dict[str, int], num_aug: int,
     if allocation is None:
         order = np.asarray(jax.random.permutation(key, num_base))
         bounds = np.cumsum([0] + [sizes.get(name, 0) for name in SPLITS])
-        bases = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(SPLITS)}
+        bases = {name: order[bounds[i] : bounds[i + 1]] for i, name in enumerate(SPLITS)}
     else:
         bases = allocation
         for name in SPLITS:
@@ -117,8 +123,10 @@ def split(key: jax.Array, sizes: dict[str, int], num_aug: int,
             if got != want:
                 raise InputError(None, f"allocation gives {got} base items for {name}, config asks for {want}")
         _check_allocation(bases, num_base, None)
-    return {name: (np.asarray(bases[name], np.int64)[:, None] * num_aug + np.arange(num_aug)).reshape(-1)
-            .astype(np.int32) for name in SPLITS}
+    return {
+        name: (np.asarray(bases[name], np.int64)[:, None] * num_aug + np.arange(num_aug)).reshape(-1).astype(np.int32)
+        for name in SPLITS
+    }
 
 
 def read_allocation(path: str | os.PathLike) -> dict[str, np.ndarray]:

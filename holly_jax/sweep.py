@@ -15,6 +15,7 @@ written: five to eight minutes for configs/quick.py) or "full" (128x128 and
 the original's data sizes: for a GPU). Scales also size the refinement
 (1,000 images, batch 100).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,16 +36,40 @@ from holly_jax.setup import create_setup
 REPO = Path(__file__).resolve().parents[1]
 
 SCALES: dict[str, dict[str, Any]] = {
-    "tiny": {"data.image_height": 32, "data.image_width": 32, "data.train_size": 256, "data.test_size": 32,
-             "data.valid_size": 32, "train.batch_size": 16, "train.epochs": 3, "train.steps": 0,
-             "train.log_every": 16, "train.save_every": 48, "points.num": 60, "refine.images": 64,
-             "refine.batch_size": 16},
-    "cpu": {"train.steps": 1500, "train.log_every": 100, "train.save_every": 500, "refine.images": 1000,
-            "refine.batch_size": 100},
+    "tiny": {
+        "data.image_height": 32,
+        "data.image_width": 32,
+        "data.train_size": 256,
+        "data.test_size": 32,
+        "data.valid_size": 32,
+        "train.batch_size": 16,
+        "train.epochs": 3,
+        "train.steps": 0,
+        "train.log_every": 16,
+        "train.save_every": 48,
+        "points.num": 60,
+        "refine.images": 64,
+        "refine.batch_size": 16,
+    },
+    "cpu": {
+        "train.steps": 1500,
+        "train.log_every": 100,
+        "train.save_every": 500,
+        "refine.images": 1000,
+        "refine.batch_size": 100,
+    },
     "quick": {"refine.images": 1000, "refine.batch_size": 100},
-    "full": {"data.image_height": 128, "data.image_width": 128, "data.train_size": 80000,
-             "sigma.list": ",".join(str(s) for s in schedule.TEAPOT_SIGMAS), "train.batch_size": 32,
-             "train.epochs": 20, "train.steps": 0, "train.log_every": 500, "train.save_every": 5000},
+    "full": {
+        "data.image_height": 128,
+        "data.image_width": 128,
+        "data.train_size": 80000,
+        "sigma.list": ",".join(str(s) for s in schedule.TEAPOT_SIGMAS),
+        "train.batch_size": 32,
+        "train.epochs": 20,
+        "train.steps": 0,
+        "train.log_every": 500,
+        "train.save_every": 5000,
+    },
 }
 DONE = "sweep.json"  # written last, atomically: the variant is finished
 
@@ -88,8 +113,9 @@ def override(cfg: ml_collections.ConfigDict, changes: Mapping[str, Any]) -> ml_c
     return cfg
 
 
-def variant_config(base: str | Path | ml_collections.ConfigDict, changes: Mapping[str, Any],
-                   scale: str = "quick") -> ml_collections.ConfigDict:
+def variant_config(
+    base: str | Path | ml_collections.ConfigDict, changes: Mapping[str, Any], scale: str = "quick"
+) -> ml_collections.ConfigDict:
     """The base config at ``scale``, then the variant's own changes (which win)."""
     if scale not in SCALES:
         raise InputError(None, f"unknown scale {scale!r}; expected one of {tuple(SCALES)}")
@@ -120,9 +146,13 @@ def train_variant(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[s
     pipeline.fit(cfg, workdir)
     trained = time.perf_counter()
     results = pipeline.evaluate_workdir(workdir, pose_texts=(), quiet=True)
-    record = {"config": cfg.to_dict(), "train_s": trained - start, "eval_s": time.perf_counter() - trained,
-              "results": {k: v for k, v in results.items() if not isinstance(v, (list, dict))},
-              "last": _last_records(workdir)}
+    record = {
+        "config": cfg.to_dict(),
+        "train_s": trained - start,
+        "eval_s": time.perf_counter() - trained,
+        "results": {k: v for k, v in results.items() if not isinstance(v, (list, dict))},
+        "last": _last_records(workdir),
+    }
     outputs.write_json(done, record)
     return json.loads(done.read_text(encoding="utf-8"))
 
@@ -141,8 +171,13 @@ def _last_records(workdir: Path) -> dict[str, Any]:
     return last
 
 
-def train_variants(base: str | Path | ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
-                   root: str | Path, scale: str = "quick", quiet: bool = False) -> pd.DataFrame:
+def train_variants(
+    base: str | Path | ml_collections.ConfigDict,
+    variants: Mapping[str, Mapping[str, Any]],
+    root: str | Path,
+    scale: str = "quick",
+    quiet: bool = False,
+) -> pd.DataFrame:
     """Train and evaluate every variant (``{name: {dotted field: value}}``) under ``root/name``; one row per
     variant: its overrides, the evaluation's scalars (aligned Chamfer, rotation errors, held-out loss),
     the last logged losses, images/s, and the training and evaluation times in seconds."""
@@ -152,8 +187,16 @@ def train_variants(base: str | Path | ml_collections.ConfigDict, variants: Mappi
         if not quiet:
             print(f"[{name}] {', '.join(f'{k}={v}' for k, v in changes.items()) or 'base config'}", flush=True)
         record = train_variant(cfg, Path(root) / name)
-        rows.append({"variant": name, **{k: v for k, v in changes.items()}, "train_s": record["train_s"],
-                     "eval_s": record["eval_s"], **record["last"], **record["results"]})
+        rows.append(
+            {
+                "variant": name,
+                **{k: v for k, v in changes.items()},
+                "train_s": record["train_s"],
+                "eval_s": record["eval_s"],
+                **record["last"],
+                **record["results"],
+            }
+        )
     return pd.DataFrame(rows).set_index("variant")
 
 
@@ -175,8 +218,13 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
     fns = train.make_steps(setup)
     order = input_pipeline.epoch_order(setup, 0)
-    batches = [jax.device_put(input_pipeline.host_batch(setup, order[i * setup.batch_size:][:setup.batch_size], i),
-                              setup.batch_sharded()) for i in range(2)]
+    batches = [
+        jax.device_put(
+            input_pipeline.host_batch(setup, order[i * setup.batch_size :][: setup.batch_size], i),
+            setup.batch_sharded(),
+        )
+        for i in range(2)
+    ]
 
     def timed(step, state, args):
         for i in range(steps + 1):  # compile, then warm up
@@ -194,8 +242,15 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
         ph = refine.phase(setup)
         rstate = refine.initial_state(setup, state, ph)
         rows = np.arange(ph.batch_size, dtype=np.int32)
-        args = [(setup.ds.arrays, jax.device_put(rows, setup.batch_sharded()),
-                 jax.device_put(input_pipeline.host_batch(setup, np.asarray(rstate.items_M)[rows], setup.total_steps),
-                                setup.batch_sharded()))]
+        args = [
+            (
+                setup.ds.arrays,
+                jax.device_put(rows, setup.batch_sharded()),
+                jax.device_put(
+                    input_pipeline.host_batch(setup, np.asarray(rstate.items_M)[rows], setup.total_steps),
+                    setup.batch_sharded(),
+                ),
+            )
+        ]
         rates["refine"], _ = timed(refine.make_step(setup, ph), rstate, args)
     return rates

@@ -8,6 +8,7 @@ data, so the schedule never recompiles), runs the forward pass and updates
 everything with AdamW (docs/method.md §5). The loop waits on the device only
 at log and save intervals.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,11 +40,16 @@ def initial_points(setup: Setup) -> np.ndarray:
 def create_state(setup: Setup, points_Nx3: np.ndarray) -> TrainState:
     h, w = setup.ds.size
     variables = jax.jit(setup.net.init, static_argnames="train")(
-        jax.random.key(setup.cfg.seed), jnp.zeros((1, h, w)), train=False)
+        jax.random.key(setup.cfg.seed), jnp.zeros((1, h, w)), train=False
+    )
     pts = jnp.asarray(points_Nx3, jnp.float32)
-    return TrainState.create(apply_fn=setup.net.apply, params={"net": variables["params"], "points": pts},
-                             tx=optim.make_optimizer(setup.cfg, setup.pose_only, setup.total_steps),
-                             batch_stats=variables["batch_stats"], adapt=optim.initial_adapt(pts))
+    return TrainState.create(
+        apply_fn=setup.net.apply,
+        params={"net": variables["params"], "points": pts},
+        tx=optim.make_optimizer(setup.cfg, setup.pose_only, setup.total_steps),
+        batch_stats=variables["batch_stats"],
+        adapt=optim.initial_adapt(pts),
+    )
 
 
 class Steps(NamedTuple):
@@ -75,10 +81,16 @@ def make_steps(setup: Setup) -> Steps:
         deltas = jax.tree.map(lambda d: d * state.adapt.scale, deltas)
         params = optax.apply_updates(state.params, deltas)
         adapt = optim.adapt_update(state.adapt, params["points"], step + 1, cfg) if cfg.optim.adapt else state.adapt
-        new_state = state.replace(step=step + 1, params=params, opt_state=opt_state,
-                                  batch_stats=batch_stats, adapt=adapt)
-        metrics = {"train_loss": total / b, "sigma_in": sigma_in, "sigma_out": jnp.mean(sigma_out),
-                   "grad_norm": optax.global_norm(grads), "lr_scale": state.adapt.scale}
+        new_state = state.replace(
+            step=step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats, adapt=adapt
+        )
+        metrics = {
+            "train_loss": total / b,
+            "sigma_in": sigma_in,
+            "sigma_out": jnp.mean(sigma_out),
+            "grad_norm": optax.global_norm(grads),
+            "lr_scale": state.adapt.scale,
+        }
         if setup.net.num_heads > 1:  # how often each head wins
             metrics.update({f"head{k}_wins": jnp.mean(head == k) for k in range(setup.net.num_heads)})
         return new_state, metrics
@@ -87,16 +99,22 @@ def make_steps(setup: Setup) -> Steps:
         batch = jax.lax.with_sharding_constraint(batch, setup.batch_sharded())
         targets, sigma_in = targets_at(state, arrays, batch)
         out = forward.predict(setup, state.params, state.batch_stats, targets, sigma_in)
-        return {"loss_sum": jnp.sum(out.loss_B * valid_B), "sigma_out_sum": jnp.sum(out.sigma_B * valid_B),
-                "count": jnp.sum(valid_B)}
+        return {
+            "loss_sum": jnp.sum(out.loss_B * valid_B),
+            "sigma_out_sum": jnp.sum(out.sigma_B * valid_B),
+            "count": jnp.sum(valid_B),
+        }
 
     def sample_step(state: TrainState, arrays: data.DataArrays, batch: jax.Array):
         targets, sigma_in = targets_at(state, arrays, batch)
         return targets, forward.predict(setup, state.params, state.batch_stats, targets, sigma_in).images_BxHxW
 
     rep = setup.replicated()
-    return Steps(jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep)), jax.jit(score_step, out_shardings=rep),
-                 jax.jit(sample_step))
+    return Steps(
+        jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep)),
+        jax.jit(score_step, out_shardings=rep),
+        jax.jit(sample_step),
+    )
 
 
 def split_loss(setup: Setup, steps: Steps, state: TrainState, split: str = "test") -> dict[str, float]:
@@ -110,12 +128,14 @@ def split_loss(setup: Setup, steps: Steps, state: TrainState, split: str = "test
     valid = np.concatenate([np.ones(len(idx)), np.zeros(pad)]).astype(np.float32)
     sums = None
     for start in range(0, len(idx_p), b):
-        batch = jax.device_put(input_pipeline.host_batch(setup, idx_p[start:start + b], step), setup.batch_sharded())
-        out = steps.score(state, setup.ds.arrays, batch, jnp.asarray(valid[start:start + b]))
+        batch = jax.device_put(input_pipeline.host_batch(setup, idx_p[start : start + b], step), setup.batch_sharded())
+        out = steps.score(state, setup.ds.arrays, batch, jnp.asarray(valid[start : start + b]))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    return {f"{split}_loss": float(sums["loss_sum"] / sums["count"]),
-            f"{split}_sigma_out": float(sums["sigma_out_sum"] / sums["count"])}
+    return {
+        f"{split}_loss": float(sums["loss_sum"] / sums["count"]),
+        f"{split}_sigma_out": float(sums["sigma_out_sum"] / sums["count"]),
+    }
 
 
 def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, rec: outputs.Recorder) -> None:
@@ -143,28 +163,38 @@ def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path) ->
     return state
 
 
-def train(setup: Setup, state: TrainState, mngr: ocp.CheckpointManager, workdir: Path,
-          rec: outputs.Recorder) -> TrainState:
+def train(
+    setup: Setup, state: TrainState, mngr: ocp.CheckpointManager, workdir: Path, rec: outputs.Recorder
+) -> TrainState:
     """Train from ``state`` to the run's last step: a record every ``train.log_every`` steps (with the test
     loss), a checkpoint, point files and pictures every ``train.save_every`` steps."""
     cfg, start = setup.cfg, int(state.step)
     steps = make_steps(setup)
     lr, plr = optim.learning_rates(cfg, setup.total_steps)
-    rec.say(f"{len(setup.ds.splits['train'])} training images, batch {setup.batch_size} over {setup.mesh.size} "
-            f"device(s), {setup.steps_per_epoch} steps per epoch, {setup.total_steps} steps in all"
-            + (f", resuming at step {start}" if start else ""))
+    rec.say(
+        f"{len(setup.ds.splits['train'])} training images, batch {setup.batch_size} over {setup.mesh.size} "
+        f"device(s), {setup.steps_per_epoch} steps per epoch, {setup.total_steps} steps in all"
+        + (f", resuming at step {start}" if start else "")
+    )
 
     def report(done: int, means: dict[str, float], rate: float, state: TrainState) -> dict[str, Any]:
         scale = means["lr_scale"]
         record = {"step": done, "epoch": (done - 1) // setup.steps_per_epoch}
         record.update({k: v for k, v in means.items() if k != "lr_scale"})
-        record.update({"lr": float(lr(done - 1)) * scale, "plr": 0.0 if setup.pose_only else float(plr(done - 1)) * scale,
-                       "images_per_s": rate})
+        record.update(
+            {
+                "lr": float(lr(done - 1)) * scale,
+                "plr": 0.0 if setup.pose_only else float(plr(done - 1)) * scale,
+                "images_per_s": rate,
+            }
+        )
         record.update(split_loss(setup, steps, state))
         rec.write(record)
         test = f"{record['test_loss']:.4g}" if "test_loss" in record else "-"
-        rec.say(f"step {done}/{setup.total_steps} epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
-                f"test loss {test}, sigma {record['sigma_in']:.3g} -> {record['sigma_out']:.3g}, {rate:.0f} images/s")
+        rec.say(
+            f"step {done}/{setup.total_steps} epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
+            f"test loss {test}, sigma {record['sigma_in']:.3g} -> {record['sigma_out']:.3g}, {rate:.0f} images/s"
+        )
         return record
 
     def save(done: int, state: TrainState) -> None:
@@ -174,9 +204,18 @@ def train(setup: Setup, state: TrainState, mngr: ocp.CheckpointManager, workdir:
             outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", np.asarray(state.params["points"]))
             save_pictures(setup, steps, state, workdir, rec)
 
-    spec = loop.Loop("training", setup.total_steps, setup.batch_size, int(cfg.train.log_every),
-                     int(cfg.train.save_every))
-    state = loop.drive(spec, state, start, lambda s, batch: steps.train(s, setup.ds.arrays, batch),
-                       input_pipeline.train_batches(setup, start), report, save, rec.primary)
+    spec = loop.Loop(
+        "training", setup.total_steps, setup.batch_size, int(cfg.train.log_every), int(cfg.train.save_every)
+    )
+    state = loop.drive(
+        spec,
+        state,
+        start,
+        lambda s, batch: steps.train(s, setup.ds.arrays, batch),
+        input_pipeline.train_batches(setup, start),
+        report,
+        save,
+        rec.primary,
+    )
     mngr.wait_until_finished()
     return state

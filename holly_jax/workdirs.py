@@ -4,6 +4,7 @@ Evaluation, inference and sweeps read runs back through ``load``; a saved
 config is laid over today's defaults, so runs from before a field existed
 still load.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,16 @@ class Saved(NamedTuple):
 
 def with_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     """A saved config over today's defaults."""
+
     def merge(base: dict, over: dict) -> dict:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in over.items()}}
+        return {
+            **base,
+            **{
+                k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                for k, v in over.items()
+            },
+        }
+
     return ml_collections.ConfigDict(merge(default.get_config().to_dict(), saved))
 
 

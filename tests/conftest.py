@@ -4,6 +4,7 @@ Many tests (and the subprocesses and notebook kernels they start) compile the
 same small programs; a persistent XLA cache, fresh for each pytest session and
 removed at its end, compiles each once. Results do not depend on it.
 """
+
 import os
 import shutil
 import tempfile

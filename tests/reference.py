@@ -1,4 +1,5 @@
 """Slow, independent references the tests compare against (float64 NumPy, SciPy rotations)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 Trains a few steps of the tiny config on one device and on all eight (the
 batch split over a "data" mesh axis) and prints how far the two runs differ.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -25,9 +26,11 @@ def first_gradient(setup, state, idx):
     sigma = forward.sigma_now(setup, sim.sigmas_S, 0)
 
     def loss(params):
-        targets = simulate.render_targets(sim.gt_Nx3, sim.table, idx, jnp.full(idx.shape, sigma), setup.ds.opts,
-                                          setup.ds.size)
+        targets = simulate.render_targets(
+            sim.gt_Nx3, sim.table, idx, jnp.full(idx.shape, sigma), setup.ds.opts, setup.ds.size
+        )
         return jnp.sum(forward.predict(setup, params, state.batch_stats, targets, sigma, train=True).loss_B)
+
     return jax.jit(jax.grad(loss))(state.params)
 
 
@@ -52,16 +55,29 @@ def main():
     many, g8, loss8, test8, _ = trained(jax.devices())
     norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
     grad_rel = norm(jax.tree.map(lambda a, b: a - b, g8, g1)) / norm(g1)
-    max_abs = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    max_abs = lambda a, b: max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
     points = np.asarray(one.params["points"])
-    print(json.dumps({
-        "devices": [len(one.params["points"].sharding.device_set), len(many.params["points"].sharding.device_set)],
-        "gradient_rel": grad_rel,
-        "points_rel": float(np.max(np.abs(np.asarray(many.params["points"]) - points)) / np.max(np.abs(points))),
-        "net_max_abs": max_abs(one.params["net"], many.params["net"]),
-        "batch_stats_max_abs": max_abs(one.batch_stats, many.batch_stats),
-        "adam_bound": 2 * lr * STEPS, "loss": [loss1, loss8], "test_loss": [test1, test8]}))
+    print(
+        json.dumps(
+            {
+                "devices": [
+                    len(one.params["points"].sharding.device_set),
+                    len(many.params["points"].sharding.device_set),
+                ],
+                "gradient_rel": grad_rel,
+                "points_rel": float(
+                    np.max(np.abs(np.asarray(many.params["points"]) - points)) / np.max(np.abs(points))
+                ),
+                "net_max_abs": max_abs(one.params["net"], many.params["net"]),
+                "batch_stats_max_abs": max_abs(one.batch_stats, many.batch_stats),
+                "adam_bound": 2 * lr * STEPS,
+                "loss": [loss1, loss8],
+                "test_loss": [test1, test8],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ A new module must be placed in the list; a phase that starts importing the
 pipeline above it, or training that starts importing refinement or
 evaluation, fails here.
 """
+
 import ast
 from pathlib import Path
 
@@ -13,12 +14,38 @@ PACKAGE = Path(__file__).resolve().parents[1] / "holly_jax"
 
 # Top to bottom: the orchestration, the phases, what the phases share, data, then the method and its files.
 LAYERS = [
-    "sweep", "pipeline", "infer",
-    "evaluate", "workdirs", "refine", "train",
-    "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
-    "data", "simulate", "locs", "fits",
-    "shapes", "outputs", "plots", "metrics", "poses", "pointfile", "model", "render", "rotations", "loss",
-    "schedule", "points", "salts", "atomic", "errors",
+    "sweep",
+    "pipeline",
+    "infer",
+    "evaluate",
+    "workdirs",
+    "refine",
+    "train",
+    "loop",
+    "forward",
+    "optim",
+    "checkpoints",
+    "input_pipeline",
+    "setup",
+    "data",
+    "simulate",
+    "locs",
+    "fits",
+    "shapes",
+    "outputs",
+    "plots",
+    "metrics",
+    "poses",
+    "pointfile",
+    "model",
+    "render",
+    "rotations",
+    "loss",
+    "schedule",
+    "points",
+    "salts",
+    "atomic",
+    "errors",
 ]
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 

@@ -1,5 +1,6 @@
 """Every bundled config, in every variant, has exactly the fields of configs/default.py and passes the
 config check: a misspelt field in a config file would otherwise be added silently and never read."""
+
 import importlib
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import pytest
 from configs import default, quick
 from holly_jax.setup import check_config
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
-                 if p.stem not in ("__init__", "default"))
+CONFIGS = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+    if p.stem not in ("__init__", "default")
+)
 
 
 def _fields(cfg, prefix=""):

@@ -1,4 +1,5 @@
 """Evaluation, inference and render modes on one tiny trained run."""
+
 import json
 import os
 import subprocess
@@ -26,8 +27,14 @@ def run_dir(tmp_path_factory):
 
 
 def _launch(*args):
-    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -53,8 +60,9 @@ def test_training_writes_pictures_report_and_evaluation(run_dir):
 
 
 def test_evaluate_mode_with_given_poses(run_dir):
-    rc, out, err = _launch("--mode=evaluate", f"--workdir={run_dir}", f"--truth={OBJ}", "--pose=euler:10,20,30",
-                           "--pose=quat:1,0,0,0")
+    rc, out, err = _launch(
+        "--mode=evaluate", f"--workdir={run_dir}", f"--truth={OBJ}", "--pose=euler:10,20,30", "--pose=quat:1,0,0,0"
+    )
     assert rc == 0, err
     assert "chamfer" in out and "rotation_error_median_deg" in out
     results = json.loads((run_dir / "eval" / "metrics.json").read_text())
@@ -66,8 +74,14 @@ def test_evaluate_mode_with_given_poses(run_dir):
 def test_render_then_infer(run_dir, tmp_path):
     images = tmp_path / "images"
     for i, pose in enumerate(["euler:0,0,0", "euler:40,10,-30"]):
-        rc, out, err = _launch("--mode=render", f"--object={OBJ}", f"--pose={pose}", "--sigma=1.5", "--size=32",
-                               f"--output={images / f'im{i}.fits'}")
+        rc, out, err = _launch(
+            "--mode=render",
+            f"--object={OBJ}",
+            f"--pose={pose}",
+            "--sigma=1.5",
+            "--size=32",
+            f"--output={images / f'im{i}.fits'}",
+        )
         assert rc == 0, err
     assert fits.read_image(images / "im0.fits").shape == (32, 32)
     rc, out, err = _launch("--mode=infer", f"--workdir={run_dir}", f"--input={images}", f"--output={tmp_path / 'o'}")
@@ -87,14 +101,16 @@ def test_render_then_infer(run_dir, tmp_path):
 
 def test_render_mode_closed_forms(tmp_path):
     n = len(pointfile.read_points(OBJ))
-    rc, _, err = _launch("--mode=render", f"--object={OBJ}", "--sigma=2", "--size=128",
-                         f"--output={tmp_path / 'a.fits'}")
+    rc, _, err = _launch(
+        "--mode=render", f"--object={OBJ}", "--sigma=2", "--size=128", f"--output={tmp_path / 'a.fits'}"
+    )
     assert rc == 0, err
     image = fits.read_image(tmp_path / "a.fits")
     assert image.shape == (128, 128)
     assert image.sum() == pytest.approx(n, rel=0.01)  # each point's Gaussian sums to 1 inside the frame
-    rc, _, err = _launch("--mode=render", f"--object={OBJ}", "--normalise", "--size=64x48",
-                         f"--output={tmp_path / 'b'}")
+    rc, _, err = _launch(
+        "--mode=render", f"--object={OBJ}", "--normalise", "--size=64x48", f"--output={tmp_path / 'b'}"
+    )
     assert rc == 0, err
     image = fits.read_image(tmp_path / "b.fits")
     assert image.shape == (64, 48) and image.sum() == pytest.approx(100.0, rel=1e-4)

@@ -1,4 +1,5 @@
 """FITS files and folders: reading and writing, the per-sigma folder layout, loading a folder, the device blur."""
+
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -46,8 +47,12 @@ def test_bad_files(tmp_path):
     good = tmp_path / "good.fits"
     fits.write_image(good, np.ones((16, 16)))
     (tmp_path / "cut.fits").write_bytes(good.read_bytes()[:3000])
-    for name, problem in [("text.fits", "not a FITS file"), ("nan.fits", "NaN"), ("missing.fits", "not found"),
-                          ("cut.fits", "corrupt or truncated")]:
+    for name, problem in [
+        ("text.fits", "not a FITS file"),
+        ("nan.fits", "NaN"),
+        ("missing.fits", "not found"),
+        ("cut.fits", "corrupt or truncated"),
+    ]:
         with pytest.raises(InputError, match=problem) as e:
             fits.read_image(tmp_path / name)
         assert name in str(e.value) and "\n" not in str(e.value)
@@ -74,8 +79,12 @@ def test_sigma_folder_names(tmp_path):
     for name in ("10.0", "08", "1.2", "notes", "2"):
         (tmp_path / name).mkdir()
     (tmp_path / "3.0").write_text("a file, not a folder")
-    assert {k: p.name for k, p in fits.sigma_folders(tmp_path).items()} == {10.0: "10.0", 8.0: "08", 1.2: "1.2",
-                                                                                 2.0: "2"}
+    assert {k: p.name for k, p in fits.sigma_folders(tmp_path).items()} == {
+        10.0: "10.0",
+        8.0: "08",
+        1.2: "1.2",
+        2.0: "2",
+    }
 
 
 def test_load_folder_skips_bad_images_and_counts_them(tmp_path, capsys):
@@ -95,8 +104,13 @@ def test_load_folder_skips_bad_images_and_counts_them(tmp_path, capsys):
     np.testing.assert_array_equal(loaded.images_NxHxW, np.stack(good))
     assert len(loaded.skipped) == 5
     err = capsys.readouterr().err
-    for name, problem in [("zero.fits", "no positive intensity"), ("small.fits", "8x8, expected 16x12"),
-                          ("nan.fits", "NaN"), ("broken.fits", "corrupt or truncated"), ("readme.txt", "not a FITS")]:
+    for name, problem in [
+        ("zero.fits", "no positive intensity"),
+        ("small.fits", "8x8, expected 16x12"),
+        ("nan.fits", "NaN"),
+        ("broken.fits", "corrupt or truncated"),
+        ("readme.txt", "not a FITS"),
+    ]:
         assert any(name in line and problem in line for line in err.splitlines()), (name, err)
 
 

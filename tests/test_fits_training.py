@@ -1,4 +1,5 @@
 """Training on FITS image sets: the real CEP152 fixture, one folder blurred on the device, one folder per sigma."""
+
 import json
 import os
 import subprocess
@@ -66,6 +67,7 @@ def test_single_folder_is_blurred_on_the_device_at_the_schedule_sigma(tmp_path):
     batch = input_pipeline.host_batch(setup, setup.ds.splits["test"][:4], 0)
     targets, _ = steps.sample(state, setup.ds.arrays, batch)
     from scipy.ndimage import gaussian_filter
+
     want = gaussian_filter(np.asarray(batch[0], np.float64), 3.0, mode="constant", truncate=12)
     np.testing.assert_allclose(np.asarray(targets[0]), want, rtol=1e-4, atol=1e-6)
     state = pipeline.train_and_evaluate(cfg, tmp_path / "run")
@@ -80,8 +82,9 @@ def test_sigma_folders_switch_as_the_schedule_moves(tmp_path):
     setup = create_setup(cfg)
     assert not setup.ds.fits_images.blur
     items = setup.ds.splits["train"][:4]
-    first, second = (np.stack([fits.read_image(tmp_path / d / f"img{i:03d}.fits") for i in items])
-                     for d in ("03", "1.5"))
+    first, second = (
+        np.stack([fits.read_image(tmp_path / d / f"img{i:03d}.fits") for i in items]) for d in ("03", "1.5")
+    )
     assert setup.total_steps == 4
     np.testing.assert_array_equal(input_pipeline.host_batch(setup, items, 0), first)  # position 0 of the list: sigma 3
     np.testing.assert_array_equal(input_pipeline.host_batch(setup, items, 3), first)  # position 0.75: still entry 0
@@ -92,17 +95,30 @@ def test_sigma_folders_switch_as_the_schedule_moves(tmp_path):
 
 
 def _launch(*args):
-    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), "--config=configs/tiny.py", *args], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), "--config=configs/tiny.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("case", ["missing_sigma_folder", "empty_folder", "test_too_large", "one_bad_image"])
 def test_fits_bad_input(tmp_path, case):
     data = tmp_path / "data"
-    args = ["--config.data.source=fits", f"--config.data.path={data}", "--config.data.test_size=2",
-            "--config.data.valid_size=0", "--config.train.batch_size=2", "--config.train.epochs=1",
-            "--config.train.report=False", f"--workdir={tmp_path / 'run'}"]
+    args = [
+        "--config.data.source=fits",
+        f"--config.data.path={data}",
+        "--config.data.test_size=2",
+        "--config.data.valid_size=0",
+        "--config.train.batch_size=2",
+        "--config.train.epochs=1",
+        "--config.train.report=False",
+        f"--workdir={tmp_path / 'run'}",
+    ]
     if case == "missing_sigma_folder":
         _images(data / "3.0", 6, 0.0)
         args += ["--config.sigma.list=3,1.5", "--config.sigma.interpolate=False"]

@@ -1,4 +1,5 @@
 """Several pose heads: winner takes all, and one head is the original path."""
+
 import json
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def _run(num_heads, **model_fields):
 
 def _targets(setup, n):
     sim = setup.ds.arrays
-    return simulate.render_targets(sim.gt_Nx3, sim.table, jnp.arange(n), jnp.full((n,), 2.0), setup.ds.opts, setup.ds.size)
+    return simulate.render_targets(
+        sim.gt_Nx3, sim.table, jnp.arange(n), jnp.full((n,), 2.0), setup.ds.opts, setup.ds.size
+    )
 
 
 @pytest.mark.parametrize("predict_sigma", [False, True])
@@ -36,8 +39,9 @@ def test_gradient_reaches_only_the_winning_head(predict_sigma):
     targets = _targets(setup, 3)
     out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0), train=True)
     winners = set(np.asarray(out.head_B).tolist())
-    grads = jax.grad(lambda p: jnp.sum(forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0),
-                                                     train=True).loss_B))(state.params)
+    grads = jax.grad(
+        lambda p: jnp.sum(forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0), train=True).loss_B)
+    )(state.params)
     g = np.asarray(grads["net"]["fc2"]["kernel"]).reshape(256, k, -1)
     for head in range(k):
         if head in winners:
@@ -55,8 +59,9 @@ def test_winner_is_the_hypothesis_with_the_lowest_loss():
     pose = setup.net.apply(variables, loss.normalise(targets, "basic"), train=False)
     assert pose.R_Bx3x3.shape == (4, 3, 3, 3)
     for h in range(3):  # every head drawn on its own
-        img = render.render_poses(state.params["points"], pose.R_Bx3x3[:, h], pose.t_Bx2[:, h], jnp.full((4,), 2.0),
-                                  setup.ds.size)
+        img = render.render_poses(
+            state.params["points"], pose.R_Bx3x3[:, h], pose.t_Bx2[:, h], jnp.full((4,), 2.0), setup.ds.size
+        )
         per = loss.l1_per_image(img, targets, "basic")
         assert np.all(np.asarray(out.loss_B) <= np.asarray(per) + 1e-4)
         chosen = np.asarray(out.head_B) == h

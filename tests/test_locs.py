@@ -1,4 +1,5 @@
 """Localisation tables: the simulator's statistics, both formats, particles, bad input, training on them."""
+
 import json
 import re
 from pathlib import Path
@@ -45,8 +46,14 @@ def test_formats_round_trip(sim, tmp_path):
 
 
 def test_particles_are_grouped_centred_and_padded():
-    table = locs.Localisations(np.array([1.0, 3.0, 10.0, 20.0, 30.0]), np.array([0.0, 2.0, 5.0, 5.0, 8.0]),
-                               np.array([7, 7, 2, 2, 2]), np.zeros(5, int), np.ones(5), np.ones(5))
+    table = locs.Localisations(
+        np.array([1.0, 3.0, 10.0, 20.0, 30.0]),
+        np.array([0.0, 2.0, 5.0, 5.0, 8.0]),
+        np.array([7, 7, 2, 2, 2]),
+        np.zeros(5, int),
+        np.ones(5),
+        np.ones(5),
+    )
     parts = locs.particles(table)
     assert list(parts.groups) == [2, 7] and parts.xy_PxLx2.shape == (2, 3, 2)
     np.testing.assert_array_equal(parts.mask_PxL, [[1, 1, 1], [1, 1, 0]])
@@ -84,8 +91,9 @@ def test_bad_files(tmp_path, case):
 def test_particle_images_are_centred_and_hold_every_localisation():
     xy = np.random.default_rng(0).normal(0, 40.0, (1, 50, 2)).astype(np.float32)
     xy -= xy.mean(1, keepdims=True)
-    d = data.LocsArrays(jnp.asarray(xy / (10.0 * 64 / 4)), jnp.ones((1, 50)), jnp.asarray([2.0]),
-                      __import__("jax").random.key(0))
+    d = data.LocsArrays(
+        jnp.asarray(xy / (10.0 * 64 / 4)), jnp.ones((1, 50)), jnp.asarray([2.0]), __import__("jax").random.key(0)
+    )
     images = np.asarray(data.render_particles(d, jnp.asarray([0, 0]), jnp.float32(2.0), jnp.int32(5), (64, 64)))
     assert images[0].sum() == pytest.approx(50.0, rel=1e-3)  # every Gaussian inside the frame sums to 1
     ys, xs = np.mgrid[0:64, 0:64]

@@ -1,4 +1,5 @@
 """The loop driver: periodic report and save at the right steps, metric means, resume, the divergence stop."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,8 +22,16 @@ def _drive(total, start, log_every, save_every, losses):
         return {"train_loss": means["train_loss"]}
 
     spec = loop.Loop("training", total, 4, log_every, save_every)
-    final = loop.drive(spec, jnp.int32(start), start, _step, iter(losses[start:]), report,
-                       lambda done, state: saves.append((done, int(state))), primary=False)
+    final = loop.drive(
+        spec,
+        jnp.int32(start),
+        start,
+        _step,
+        iter(losses[start:]),
+        report,
+        lambda done, state: saves.append((done, int(state))),
+        primary=False,
+    )
     return int(final), reports, saves
 
 

@@ -14,7 +14,7 @@ def _init(h, w, **kw):
 
 
 def _expected_param_count(h, w, n_out):
-    """Closed form from the table in docs/method.md §2: conv weights + biases, BatchNorm scale + shift, two dense layers."""
+    """Closed form from docs/method.md §2: conv weights + biases, BatchNorm scale + shift, two dense layers."""
     count, c_in = 0, 1
     for _, c, k, _, _ in model.LAYERS:
         count += k * k * c_in * c + c + 2 * c
@@ -64,8 +64,7 @@ def test_sixd_head_gives_rotations():
 def test_batchnorm_statistics_update_only_in_training():
     net, variables = _init(32, 32)
     x = 5.0 + jax.random.normal(jax.random.key(2), (4, 32, 32))
-    _, state = net.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                         capture_intermediates=True)
+    _, state = net.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True)
     conv1_out = np.asarray(state["intermediates"]["conv1"]["__call__"][0])
     before = np.asarray(variables["batch_stats"]["conv1_bn"]["mean"])
     after = np.asarray(state["batch_stats"]["conv1_bn"]["mean"])

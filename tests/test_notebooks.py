@@ -1,4 +1,5 @@
 """Every experiments/ notebook executes at the tiny scale; the sweep helper's table and its bad input."""
+
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,13 @@ NOTEBOOKS = sorted((REPO / "experiments").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"robustness", "sigma_schedule", "num_points", "sigma_prediction",
-                                          "pose_ambiguity"}
+    assert {p.stem for p in NOTEBOOKS} >= {
+        "robustness",
+        "sigma_schedule",
+        "num_points",
+        "sigma_prediction",
+        "pose_ambiguity",
+    }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -36,13 +42,20 @@ def test_sweep_runs_reads_back_and_tabulates(tmp_path):
     for column in ("chamfer", "rotation_error_median_deg", "train_s", "final_test_loss"):
         assert frame[column].notna().all(), column
     mtime = (tmp_path / "a" / sweep.DONE).stat().st_mtime
-    again = sweep.train_variants("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)  # read back, not rerun
+    again = sweep.train_variants(
+        "configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True
+    )  # read back, not rerun
     assert (tmp_path / "a" / sweep.DONE).stat().st_mtime == mtime
     assert again["chamfer"].tolist() == frame["chamfer"].tolist()
 
 
-@pytest.mark.parametrize("changes,problem", [({"train.bogus": 1}, "unknown config field 'train.bogus'"),
-                                             ({"nothing.here": 1}, "unknown config field 'nothing.here'")])
+@pytest.mark.parametrize(
+    "changes,problem",
+    [
+        ({"train.bogus": 1}, "unknown config field 'train.bogus'"),
+        ({"nothing.here": 1}, "unknown config field 'nothing.here'"),
+    ],
+)
 def test_sweep_rejects_unknown_fields(changes, problem):
     with pytest.raises(InputError, match=problem):
         sweep.variant_config("configs/tiny.py", changes, "tiny")

@@ -1,4 +1,5 @@
 """Tests of holly_jax.pointfile: the original's files, round trips, hand-made files, bad input."""
+
 from __future__ import annotations
 
 import os
@@ -73,9 +74,7 @@ def test_writers_produce_the_documented_layout(tmp_path: Path) -> None:
     data = (tmp_path / "b.ply").read_bytes()
     header_end = data.index(b"end_header\n") + len(b"end_header\n")
     assert b"format binary_little_endian 1.0" in data[:header_end]
-    np.testing.assert_array_equal(
-        np.frombuffer(data[header_end:], "<f4").reshape(2, 3), points_Nx3.astype(np.float32)
-    )
+    np.testing.assert_array_equal(np.frombuffer(data[header_end:], "<f4").reshape(2, 3), points_Nx3.astype(np.float32))
 
 
 def test_obj_with_faces_normals_comments_and_colours(tmp_path: Path) -> None:
@@ -124,12 +123,21 @@ def _ply_header(fmt: str, props: list[str], count: int, extra: str = "") -> byte
 def test_binary_ply_with_normals_colours_and_faces(tmp_path: Path, order: str, fmt: str) -> None:
     n = 11
     rng = np.random.default_rng(1)
-    dtype = np.dtype([
-        ("x", order + "f4"), ("y", order + "f4"), ("z", order + "f4"),
-        ("nx", order + "f4"), ("ny", order + "f4"), ("nz", order + "f4"),
-        ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1"),
-        ("quality", order + "f8"),
-    ])
+    dtype = np.dtype(
+        [
+            ("x", order + "f4"),
+            ("y", order + "f4"),
+            ("z", order + "f4"),
+            ("nx", order + "f4"),
+            ("ny", order + "f4"),
+            ("nz", order + "f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("alpha", "u1"),
+            ("quality", order + "f8"),
+        ]
+    )
     vertices = np.zeros(n, dtype)
     xyz = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
     vertices["x"], vertices["y"], vertices["z"] = xyz.T
@@ -138,9 +146,16 @@ def test_binary_ply_with_normals_colours_and_faces(tmp_path: Path, order: str, f
     for name in ("red", "green", "blue", "alpha"):
         vertices[name] = rng.integers(0, 256, n)
     props = [
-        "property float x", "property float y", "property float z",
-        "property float32 nx", "property float32 ny", "property float32 nz",
-        "property uchar red", "property uint8 green", "property uchar blue", "property uchar alpha",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property float32 nx",
+        "property float32 ny",
+        "property float32 nz",
+        "property uchar red",
+        "property uint8 green",
+        "property uchar blue",
+        "property uchar alpha",
         "property double quality",
     ]
     header = _ply_header(fmt, props, n, "element face 2\nproperty list uchar int vertex_indices")
@@ -212,9 +227,11 @@ def test_binary_faces_of_varying_length_before_vertices(tmp_path: Path, order: s
     xyz = rng.uniform(-1, 1, (n, 3))
     lengths = [3, 4, 0, 7, 3, 1]
     faces = b"".join(
-        np.uint8(k).tobytes() + rng.integers(0, n, k).astype(order + "i4").tobytes()
+        np.uint8(k).tobytes()
+        + rng.integers(0, n, k).astype(order + "i4").tobytes()
         + np.array(0.5 * k, order + "f4").tobytes()
-        + np.array(k % 3, order + "u2").tobytes() + np.arange(k % 3, dtype=order + "u4").tobytes()
+        + np.array(k % 3, order + "u2").tobytes()
+        + np.arange(k % 3, dtype=order + "u4").tobytes()
         for k in lengths
     )
     vertices = np.zeros(n, [("z", order + "f8"), ("red", "u1"), ("x", order + "f8"), ("y", order + "f8")])
@@ -247,7 +264,9 @@ def test_binary_list_property_on_vertices(tmp_path: Path, order: str, fmt: str) 
     xyz = np.random.default_rng(4).uniform(-1, 1, (3, 3)).astype(np.float32)
     rings = [np.arange(2), np.arange(0), np.arange(5)]
     body = b"".join(
-        np.array(x, order + "f4").tobytes() + np.uint8(len(ring)).tobytes() + ring.astype(order + "i4").tobytes()
+        np.array(x, order + "f4").tobytes()
+        + np.uint8(len(ring)).tobytes()
+        + ring.astype(order + "i4").tobytes()
         + np.array([y, z], order + "f4").tobytes()
         for (x, y, z), ring in zip(xyz, rings)
     )
@@ -274,7 +293,9 @@ def test_reads_files_written_by_plyfile(tmp_path: Path, text: bool, order: str) 
         face["vertex_indices"][i] = rng.integers(0, n, 3 + i).astype("i4")
     ply = PlyData(
         [PlyElement.describe(face, "face"), PlyElement.describe(vertex, "vertex")],
-        text=text, byte_order=order, comments=["written by plyfile"],
+        text=text,
+        byte_order=order,
+        comments=["written by plyfile"],
     )
     path = tmp_path / "theirs.ply"
     ply.write(str(path))
@@ -301,8 +322,18 @@ def test_plyfile_reads_our_files(tmp_path: Path, binary: bool) -> None:
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
 def test_line_endings_blank_lines_and_non_ascii_comments(tmp_path: Path, newline: bytes) -> None:
     lines = [
-        b"ply", b"format ascii 1.0", "comment d\u00e9j\u00e0 vu".encode("utf-8"), b"element vertex 2",
-        b"property float x", b"property float y", b"property float z", b"end_header  ", b"1 2 3", b"", b"  ", b"4 5 6",
+        b"ply",
+        b"format ascii 1.0",
+        "comment d\u00e9j\u00e0 vu".encode("utf-8"),
+        b"element vertex 2",
+        b"property float x",
+        b"property float y",
+        b"property float z",
+        b"end_header  ",
+        b"1 2 3",
+        b"",
+        b"  ",
+        b"4 5 6",
     ]
     path = _write(tmp_path / "text.ply", newline.join(lines) + newline)
     np.testing.assert_array_equal(read_points(path), np.float32([[1, 2, 3], [4, 5, 6]]))
@@ -325,28 +356,34 @@ BAD_INPUTS = {
     "text.obj": ("v 1 2 3\nv 1 two 3\n", "non-numeric"),
     "short.obj": ("v 1 2 3\nv 1 2\n", "fewer than 3"),
     "nan.obj": ("v 1 2 3\nv 0 0 0\nv 1 nan 3\n", "non-finite"),
-    "inf.ply": (
-        (_ply_header("ascii", _XYZ, 2).decode() + "1 2 3\n4 inf 6\n"), "non-finite"),
+    "inf.ply": ((_ply_header("ascii", _XYZ, 2).decode() + "1 2 3\n4 inf 6\n"), "non-finite"),
     "empty.ply": (_ply_header("ascii", _XYZ, 0), "no vertices"),
     "novertex.ply": (b"ply\nformat ascii 1.0\nelement face 0\nend_header\n", "no vertices"),
     "text.ply": (_ply_header("ascii", _XYZ, 2).decode() + "1 2 3\n4 x 6\n", "non-numeric"),
     "cut_ascii.ply": (_ply_header("ascii", _XYZ, 3).decode() + "1 2 3\n4 5 6\n", "truncated"),
     "cut_binary.ply": (
-        _ply_header("binary_little_endian", _XYZ, 4) + np.zeros((3, 3), "<f4").tobytes()
-        + b"\x00\x00", "truncated"),
+        _ply_header("binary_little_endian", _XYZ, 4) + np.zeros((3, 3), "<f4").tobytes() + b"\x00\x00",
+        "truncated",
+    ),
     "noxyz.ply": (_ply_header("ascii", _XYZ[:2], 1).decode() + "1 2\n", "no 'z'"),
     "noheader.ply": ("ply\nformat ascii 1.0\nelement vertex 1\n", "end_header"),
-    "badformat.ply": (
-        _ply_header("binary_middle_endian", _XYZ, 1) + bytes(12), "unsupported PLY format"),
+    "badformat.ply": (_ply_header("binary_middle_endian", _XYZ, 1) + bytes(12), "unsupported PLY format"),
     "points.xyz": ("1 2 3\n", "unsupported point file type"),
     "image.ply": (b"\x89PNG\r\n\x1a\n" + bytes(40), "not a PLY file"),
-    "int64.ply": (_ply_header("ascii", ["property int64 x", *_XYZ[1:]], 1).decode() + "1 2 3\n", "unsupported property"),
+    "int64.ply": (
+        _ply_header("ascii", ["property int64 x", *_XYZ[1:]], 1).decode() + "1 2 3\n",
+        "unsupported property",
+    ),
     "listx.ply": (
-        _ply_header("ascii", ["property list uchar float x", *_XYZ[1:]], 1).decode() + "2 1 1 2 3\n", "is a list"),
+        _ply_header("ascii", ["property list uchar float x", *_XYZ[1:]], 1).decode() + "2 1 1 2 3\n",
+        "is a list",
+    ),
     "short_row.ply": (_ply_header("ascii", _XYZ, 2).decode() + "1 2 3\n4 5\n", "line 10: vertex has too few fields"),
     "cut_faces.ply": (
         _ply_header("ascii", _XYZ, 1, "element face 2\nproperty list uchar int vertex_indices").decode()
-        + "1 2 3\n3 0 0 0\n", "truncated PLY: 2 'face' items declared, 1 found"),
+        + "1 2 3\n3 0 0 0\n",
+        "truncated PLY: 2 'face' items declared, 1 found",
+    ),
 }
 
 
@@ -389,14 +426,10 @@ def test_input_error_format() -> None:
 
 @pytest.mark.parametrize(
     "points, word",
-    [(np.zeros((0, 3)), "no vertices"),
-     (np.array([[0.0, 1.0, np.inf]]), "non-finite"),
-     (np.zeros((4, 2)), "shape")],
+    [(np.zeros((0, 3)), "no vertices"), (np.array([[0.0, 1.0, np.inf]]), "non-finite"), (np.zeros((4, 2)), "shape")],
 )
 @pytest.mark.parametrize("name", ["out.obj", "out.ply"])
-def test_writing_bad_points_raises_and_leaves_nothing(
-    tmp_path: Path, points: np.ndarray, word: str, name: str
-) -> None:
+def test_writing_bad_points_raises_and_leaves_nothing(tmp_path: Path, points: np.ndarray, word: str, name: str) -> None:
     with pytest.raises(InputError, match=word):
         write_points(tmp_path / name, points)
     assert list(tmp_path.iterdir()) == []

@@ -11,11 +11,20 @@ F = np.diag([1.0, 1.0, -1.0])
 def test_parse_pose_forms_agree_with_scipy():
     r = Rotation.from_euler("xyz", [30, -45, 120], degrees=True)
     x, y, z, w = r.as_quat()
-    for text in (f"aa:{','.join(map(str, r.as_rotvec()))}", "euler:30,-45,120", f"quat:{w},{x},{y},{z}",
-                 f"quat:{2 * w},{2 * x},{2 * y},{2 * z}"):
+    for text in (
+        f"aa:{','.join(map(str, r.as_rotvec()))}",
+        "euler:30,-45,120",
+        f"quat:{w},{x},{y},{z}",
+        f"quat:{2 * w},{2 * x},{2 * y},{2 * z}",
+    ):
         np.testing.assert_allclose(poses.parse_pose(text), r.as_matrix(), atol=1e-12)
-    for bad, problem in [("euler:1,2", "3 finite numbers"), ("spin:1,2,3", "start with"), ("aa:1,x,2", "numbers"),
-                         ("quat:0,0,0,0", "cannot be zero"), ("euler:1,2,nan", "finite")]:
+    for bad, problem in [
+        ("euler:1,2", "3 finite numbers"),
+        ("spin:1,2,3", "start with"),
+        ("aa:1,x,2", "numbers"),
+        ("quat:0,0,0,0", "cannot be zero"),
+        ("euler:1,2,nan", "finite"),
+    ]:
         with pytest.raises(InputError, match=problem):
             poses.parse_pose(bad)
 
@@ -57,6 +66,6 @@ def test_greedy_tour_visits_each_rotation_and_steps_to_the_nearest():
     order = poses.greedy_tour(R)
     assert sorted(order) == list(range(30)) and order[0] == 0
     for i in range(1, 29):
-        here, rest = order[i], order[i + 1:]
+        here, rest = order[i], order[i + 1 :]
         angle = lambda j: Rotation.from_matrix(R[here].T @ R[j]).magnitude()
         assert angle(order[i + 1]) <= min(angle(j) for j in rest) + 1e-12

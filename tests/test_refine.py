@@ -1,4 +1,5 @@
 """Per-image pose refinement: sparse per-row Adam, only the batch's rows move, poses converge, runs resume."""
+
 import json
 import shutil
 from pathlib import Path
@@ -45,9 +46,15 @@ def test_sparse_adam_matches_optax_adam_row_by_row():
     grads_per_step = [rng.normal(size=(len(r), 3)).astype(np.float32) for r in schedule]
     for idx, g in zip(schedule, grads_per_step):
         idx = jnp.asarray(idx)
-        new, mu_b, nu_b, count_b = refine.sparse_adam(jax.tree.map(lambda x: x[idx], rows), {"omega": jnp.asarray(g)},
-                                                      jax.tree.map(lambda x: x[idx], mu),
-                                                      jax.tree.map(lambda x: x[idx], nu), count[idx], lr, cfg)
+        new, mu_b, nu_b, count_b = refine.sparse_adam(
+            jax.tree.map(lambda x: x[idx], rows),
+            {"omega": jnp.asarray(g)},
+            jax.tree.map(lambda x: x[idx], mu),
+            jax.tree.map(lambda x: x[idx], nu),
+            count[idx],
+            lr,
+            cfg,
+        )
         rows = jax.tree.map(lambda f, p: f.at[idx].set(p), rows, new)
         mu = jax.tree.map(lambda f, p: f.at[idx].set(p), mu, mu_b)
         nu = jax.tree.map(lambda f, p: f.at[idx].set(p), nu, nu_b)
@@ -98,11 +105,14 @@ def test_refinement_recovers_perturbed_poses_with_the_true_points():
     tilt = axes / np.linalg.norm(axes, axis=1, keepdims=True) * np.deg2rad(8.0)
     R_start = np.asarray(jax.vmap(rotations.axis_angle_to_matrix)(jnp.asarray(tilt, jnp.float32))) @ R_true
     t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
-    rstate = rstate.replace(R0_Mx3x3=jnp.asarray(R_start, jnp.float32),
-                            rows={**rstate.rows, "t": jnp.asarray(t_true + 0.01, jnp.float32)})
+    rstate = rstate.replace(
+        R0_Mx3x3=jnp.asarray(R_start, jnp.float32), rows={**rstate.rows, "t": jnp.asarray(t_true + 0.01, jnp.float32)}
+    )
+
     def err(s):  # the angle of R_true^T R per image, in degrees
         rel = np.einsum("bji,bjk->bik", R_true, np.asarray(refine.rotations_of(s), np.float64))
         return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+
     assert np.median(err(rstate)) == pytest.approx(8.0, abs=1e-3)
     step = refine.make_step(setup, ph)
     for s in range(300):

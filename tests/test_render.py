@@ -2,10 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import dense_render
 from scipy.spatial.transform import Rotation
 
 from holly_jax import render, rotations
-from reference import dense_render
 
 
 def _case(seed, n, size):
@@ -20,12 +20,21 @@ def _case(seed, n, size):
 
 def _render(points, rotvec, t, sigma, mask, size):
     R = rotations.axis_angle_to_matrix(jnp.asarray(rotvec))
-    return np.asarray(render.render(jnp.asarray(points), R, jnp.asarray(t), jnp.asarray(sigma),
-                                    None if mask is None else jnp.asarray(mask), size))
+    return np.asarray(
+        render.render(
+            jnp.asarray(points),
+            R,
+            jnp.asarray(t),
+            jnp.asarray(sigma),
+            None if mask is None else jnp.asarray(mask),
+            size,
+        )
+    )
 
 
-@pytest.mark.parametrize("seed,n,size", [(0, 50, (32, 32)), (1, 40, (24, 40)), (2, 60, (48, 20)),
-                                         (3, 30, (64, 64)), (4, 1, (17, 23))])
+@pytest.mark.parametrize(
+    "seed,n,size", [(0, 50, (32, 32)), (1, 40, (24, 40)), (2, 60, (48, 20)), (3, 30, (64, 64)), (4, 1, (17, 23))]
+)
 def test_separable_matches_dense(seed, n, size):
     points, rotvec, t, sigma, mask = _case(seed, n, size)
     got = _render(points, rotvec, t, sigma, mask, size)
@@ -38,8 +47,9 @@ def test_separable_matches_dense(seed, n, size):
 def test_geometry_conventions():
     # (0,0,0) lands on pixel (W/2, H/2); +y points up; object coordinate 2 reaches the image edge.
     size = (32, 48)
-    one = lambda p, t=(0.0, 0.0), s=0.5: _render(np.array([p], np.float32), np.zeros(3, np.float32),
-                                                np.array(t, np.float32), s, None, size)
+    one = lambda p, t=(0.0, 0.0), s=0.5: _render(
+        np.array([p], np.float32), np.zeros(3, np.float32), np.array(t, np.float32), s, None, size
+    )
     assert np.unravel_index(one([0, 0, 0]).argmax(), size) == (16, 24)
     assert np.unravel_index(one([0, 1, 0]).argmax(), size) == (16 - 8, 24)  # up = smaller row
     assert np.unravel_index(one([1, 0, 0]).argmax(), size) == (16, 24 + 8)  # x scales by H/2 too
@@ -56,12 +66,20 @@ def test_mask_and_batch_vmaps():
     sigmas = jnp.asarray([sigma, 2.0])
     batch = np.asarray(render.render_poses(jnp.asarray(points), R, ts, sigmas, size))
     np.testing.assert_allclose(batch[0], dense_render(points, rotvec, t, sigma, None, size), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(batch[1], dense_render(points, np.zeros(3), (0, 0), 2.0, None, size),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        batch[1], dense_render(points, np.zeros(3), (0, 0), 2.0, None, size), rtol=1e-4, atol=1e-7
+    )
     # two items at the same pose whose masks are complementary add up to the unmasked image
-    both = np.asarray(render.render_items(jnp.stack([points, points]), jnp.stack([R[0], R[0]]),
-                                          jnp.stack([ts[0], ts[0]]), jnp.asarray([sigma, sigma]),
-                                          jnp.stack([mask, 1 - mask]), size))
+    both = np.asarray(
+        render.render_items(
+            jnp.stack([points, points]),
+            jnp.stack([R[0], R[0]]),
+            jnp.stack([ts[0], ts[0]]),
+            jnp.asarray([sigma, sigma]),
+            jnp.stack([mask, 1 - mask]),
+            size,
+        )
+    )
     np.testing.assert_allclose(both[0], dense_render(points, rotvec, t, sigma, mask, size), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(both[0] + both[1], batch[0], rtol=1e-5, atol=1e-7)
 

@@ -5,6 +5,7 @@ differences, closed forms (skew(e_i) is dR/dr_i at 0, Rz written out, the
 Haar angle density (1 - cos t) / pi), numpy QR for Gram-Schmidt, and sample
 statistics with stated tolerances.
 """
+
 from __future__ import annotations
 
 import chex
@@ -46,7 +47,6 @@ GRAD_NORMS = [0.0, 1e-7, 1e-4, 0.0316, 0.0317, 0.5, 3.0]
 
 
 class ConversionTest(chex.TestCase):
-
     @chex.variants(with_jit=True, without_jit=True)
     def test_axis_angle_to_matrix_matches_scipy(self):
         r = np.concatenate([_random_rotvecs(500, 0, 3 * np.pi), _random_rotvecs(100, 1, 0.05)])
@@ -59,16 +59,20 @@ class ConversionTest(chex.TestCase):
     def test_identity_at_zero(self):
         np.testing.assert_array_equal(self.variant(rot.axis_angle_to_matrix)(jnp.zeros(3)), np.eye(3))
         np.testing.assert_array_equal(self.variant(rot.axis_angle_to_quaternion)(jnp.zeros(3)), [1, 0, 0, 0])
-        np.testing.assert_array_equal(self.variant(rot.quaternion_to_axis_angle)(jnp.array([1.0, 0, 0, 0])), np.zeros(3))
+        np.testing.assert_array_equal(
+            self.variant(rot.quaternion_to_axis_angle)(jnp.array([1.0, 0, 0, 0])), np.zeros(3)
+        )
         np.testing.assert_array_equal(self.variant(rot.matrix_to_axis_angle)(jnp.eye(3)), np.zeros(3))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_round_trip_through_quaternion_and_matrix(self):
-        r = np.concatenate([
-            _random_rotvecs(300, 2, np.pi - 0.05),
-            _random_rotvecs(20, 3, 1e-6),
-            np.array([[1e-7, 0, 0], [0, 1e-4, 0], [0, 0, 0.03], [0.0, 0, 0]]),
-        ]).astype(np.float32)
+        r = np.concatenate(
+            [
+                _random_rotvecs(300, 2, np.pi - 0.05),
+                _random_rotvecs(20, 3, 1e-6),
+                np.array([[1e-7, 0, 0], [0, 1e-4, 0], [0, 0, 0.03], [0.0, 0, 0]]),
+            ]
+        ).astype(np.float32)
 
         def chain(r_3):
             q = rot.axis_angle_to_quaternion(r_3)
@@ -128,7 +132,9 @@ class ConversionTest(chex.TestCase):
             qmat, rmat = np.linalg.qr(np.stack([di[:3], di[3:]], axis=1))
             qmat = qmat * np.sign(np.diag(rmat))
             np.testing.assert_allclose(g[:, :2], qmat, atol=1e-5)
-        np.testing.assert_allclose(rot.matrix_to_sixd(jnp.asarray(mats[0])), np.concatenate([mats[0][:, 0], mats[0][:, 1]]))
+        np.testing.assert_allclose(
+            rot.matrix_to_sixd(jnp.asarray(mats[0])), np.concatenate([mats[0][:, 0], mats[0][:, 1]])
+        )
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_quaternion_multiply_composes_like_matrices(self):
@@ -140,7 +146,9 @@ class ConversionTest(chex.TestCase):
         _same_rotation_q(q12, _wxyz(r1 * r2), 1e-6)  # scipy: r1 * r2 applies r2 first
         qc = np.asarray(jax.vmap(rot.quaternion_conjugate)(q1))
         np.testing.assert_allclose(m(qc), np.swapaxes(np.asarray(m(q1)), 1, 2), atol=F32_ATOL)
-        np.testing.assert_allclose(jax.vmap(rot.quaternion_multiply)(q1, qc), np.tile([1.0, 0, 0, 0], (100, 1)), atol=1e-6)
+        np.testing.assert_allclose(
+            jax.vmap(rot.quaternion_multiply)(q1, qc), np.tile([1.0, 0, 0, 0], (100, 1)), atol=1e-6
+        )
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_z_rotation_and_compose_in_plane(self):
@@ -160,8 +168,12 @@ class ConversionTest(chex.TestCase):
         by_base = np.einsum("bij,bnj->bni", base.as_matrix(), p)
         composed = np.einsum("bij,bnj->bni", m, p)
         np.testing.assert_allclose(composed[..., 2], by_base[..., 2], atol=1e-4)
-        np.testing.assert_allclose(composed[..., 0], c[:, None] * by_base[..., 0] - s[:, None] * by_base[..., 1], atol=1e-4)
-        np.testing.assert_allclose(composed[..., 1], s[:, None] * by_base[..., 0] + c[:, None] * by_base[..., 1], atol=1e-4)
+        np.testing.assert_allclose(
+            composed[..., 0], c[:, None] * by_base[..., 0] - s[:, None] * by_base[..., 1], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            composed[..., 1], s[:, None] * by_base[..., 0] + c[:, None] * by_base[..., 1], atol=1e-4
+        )
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_slerp(self):
@@ -202,7 +214,9 @@ class ConversionTest(chex.TestCase):
         # Identical rotations give 0 and small angles stay accurate (the arccos form would lose ~3e-4 rad).
         np.testing.assert_allclose(g(m1, m1), 0.0, atol=1e-5)
         small = r1 * Rotation.from_rotvec(_random_rotvecs(300, 17, 1.0) * 1e-3)
-        np.testing.assert_allclose(g(m1, small.as_matrix().astype(np.float32)), (r1.inv() * small).magnitude(), atol=1e-5)
+        np.testing.assert_allclose(
+            g(m1, small.as_matrix().astype(np.float32)), (r1.inv() * small).magnitude(), atol=1e-5
+        )
         axes = _random_rotvecs(300, 18, 1.0)
         axes /= np.linalg.norm(axes, axis=1, keepdims=True)
         for angle in (np.pi - 1e-3, np.pi):
@@ -263,7 +277,9 @@ def test_axis_angle_to_matrix_jacobian_at_zero_is_skew_basis():
 # For |r| < pi the maps r -> q -> r and r -> R -> r are the identity, so are their Jacobians.
 _VIA_Q = lambda r: rot.quaternion_to_axis_angle(rot.axis_angle_to_quaternion(r))
 _VIA_M = lambda r: rot.matrix_to_axis_angle(rot.axis_angle_to_matrix(r))
-_ROUND_TRIP_JACOBIANS = jax.jit(lambda r: jnp.stack([jac(f)(r) for f in (_VIA_Q, _VIA_M) for jac in (jax.jacfwd, jax.jacrev)]))
+_ROUND_TRIP_JACOBIANS = jax.jit(
+    lambda r: jnp.stack([jac(f)(r) for f in (_VIA_Q, _VIA_M) for jac in (jax.jacfwd, jax.jacrev)])
+)
 
 
 @pytest.mark.parametrize("norm", GRAD_NORMS[:-1])
@@ -275,12 +291,14 @@ def test_round_trip_jacobians_are_identity(norm):
 def test_grads_finite_at_degenerate_inputs():
     eye = jnp.eye(3)
     q = jnp.array([1.0, 0, 0, 0])
-    grads = jax.jit(lambda: [
-        jax.grad(lambda m: rot.geodesic_angle(eye, m))(eye),
-        jax.grad(lambda m: jnp.sum(rot.matrix_to_quaternion(m)))(eye),
-        jax.grad(lambda a: jnp.sum(rot.slerp(q, a, 0.3)))(q),
-        jax.grad(lambda d: jnp.sum(rot.sixd_to_matrix(d)))(jnp.array([1.0, 0, 0, 0, 1, 0])),
-    ])()
+    grads = jax.jit(
+        lambda: [
+            jax.grad(lambda m: rot.geodesic_angle(eye, m))(eye),
+            jax.grad(lambda m: jnp.sum(rot.matrix_to_quaternion(m)))(eye),
+            jax.grad(lambda a: jnp.sum(rot.slerp(q, a, 0.3)))(q),
+            jax.grad(lambda d: jnp.sum(rot.sixd_to_matrix(d)))(jnp.array([1.0, 0, 0, 0, 1, 0])),
+        ]
+    )()
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g)))
 

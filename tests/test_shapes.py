@@ -1,4 +1,5 @@
 """Tests of holly_jax.shapes: sizes, bounds, determinism, symmetry (or its absence), objs/ files."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Data parallel training over 8 simulated CPU devices gives the one-device state."""
+
 import json
 import os
 import subprocess
@@ -12,8 +13,9 @@ HERE = Path(__file__).resolve().parent
 
 def test_eight_devices_match_one_device():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "sharded_check.py")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["devices"] == [1, 8]

@@ -2,11 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import dense_render
 from scipy.spatial.transform import Rotation
 
 from holly_jax import simulate
 from holly_jax.errors import InputError
-from reference import dense_render
 
 GT = np.random.default_rng(0).uniform(-1, 1, (50, 3)).astype(np.float32)
 
@@ -73,11 +73,18 @@ def test_targets_match_dense_render_of_fluorophores():
     table, points, masks = _items(opts, n=3)
     idx = jnp.asarray([2, 0])
     sigmas = jnp.asarray([1.5, 3.0])
-    images = np.asarray(jax.jit(simulate.render_targets, static_argnums=(4, 5))(
-        jnp.asarray(GT), table, idx, sigmas, opts, (24, 32)))
+    images = np.asarray(
+        jax.jit(simulate.render_targets, static_argnums=(4, 5))(jnp.asarray(GT), table, idx, sigmas, opts, (24, 32))
+    )
     for b, i in enumerate([2, 0]):
-        want = dense_render(points[i], np.asarray(table.rotation_Mx3[i]), np.asarray(table.translation_Mx2[i]),
-                            float(sigmas[b]), masks[i], (24, 32))
+        want = dense_render(
+            points[i],
+            np.asarray(table.rotation_Mx3[i]),
+            np.asarray(table.translation_Mx2[i]),
+            float(sigmas[b]),
+            masks[i],
+            (24, 32),
+        )
         np.testing.assert_allclose(images[b], want, rtol=1e-4, atol=1e-6 * want.max())
 
 
@@ -100,8 +107,12 @@ def test_allocation_file(tmp_path):
     sets = simulate.split(jax.random.key(0), {"train": 3, "test": 1, "valid": 1}, 2, alloc)
     np.testing.assert_array_equal(sets["train"], [6, 7, 0, 1, 8, 9])
     np.testing.assert_array_equal(sets["test"], [2, 3])
-    for text, problem in [("train: 0 1\ntest: 1\n", "overlap"), ("train: 0 x\n", "integers"),
-                          ("training: 0\n", "expected"), ("train: -1\n", "negative")]:
+    for text, problem in [
+        ("train: 0 1\ntest: 1\n", "overlap"),
+        ("train: 0 x\n", "integers"),
+        ("training: 0\n", "expected"),
+        ("train: -1\n", "negative"),
+    ]:
         f.write_text(text)
         with pytest.raises(InputError, match=problem) as e:
             simulate.read_allocation(f)
@@ -116,6 +127,7 @@ def test_a_million_items_fit_in_memory():
     nbytes = sum(np.asarray(x).nbytes for x in (table.rotation_Mx3, table.translation_Mx2, table.base_M))
     assert nbytes <= 32 * 1_000_000  # bytes per item, whatever the number of points
     # their targets render from the table alone, for any item
-    img = simulate.render_targets(jnp.asarray(GT), table, jnp.asarray([999_999]), jnp.asarray([2.0]),
-                                  simulate.SimOptions(), (16, 16))
+    img = simulate.render_targets(
+        jnp.asarray(GT), table, jnp.asarray([999_999]), jnp.asarray([2.0]), simulate.SimOptions(), (16, 16)
+    )
     assert img.shape == (1, 16, 16) and float(img.sum()) > 0

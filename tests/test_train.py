@@ -1,4 +1,5 @@
 """Training end to end on tiny configs: loss falls, outputs parse, a killed run resumes exactly."""
+
 import json
 import os
 import signal
@@ -32,10 +33,22 @@ def _config(**overrides):
 
 
 def _launch(workdir, *overrides, config="configs/tiny.py"):
-    cmd = [sys.executable, str(REPO / "launch.py"), f"--config={REPO / config}", f"--workdir={workdir}",
-           f"--config.data.object={REPO / 'objs' / 'asymmetric.obj'}", *overrides]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    cmd = [
+        sys.executable,
+        str(REPO / "launch.py"),
+        f"--config={REPO / config}",
+        f"--workdir={workdir}",
+        f"--config.data.object={REPO / 'objs' / 'asymmetric.obj'}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def _final_state(cfg, workdir):
@@ -138,16 +151,19 @@ def test_same_seed_same_run_and_resume_after_sigkill(tmp_path):
     assert steps == sorted(set(steps)) == list(range(8, 49, 8))  # no step logged twice across the kill
 
 
-@pytest.mark.parametrize("overrides,problem", [
-    (["--config.data.object=/nonexistent/shape.obj"], "shape.obj: file not found"),
-    (["--config.data.object={empty}"], "empty.obj: no vertices"),
-    (["--config.train.bogus=1"], "unknown config field 'config.train.bogus'"),
-    (["--config.train.batch_size=7"], "batch size 7 does not divide the 64 training images"),
-    (["--config.data.test_size=100"], "test set (100 images) is larger than the training data (64)"),
-    (["--config.sigma.list=3,0,1"], "sigma entry 2 must be positive"),
-    (["--config.sigma.file={bad_sigma}"], "bad_sigma.csv: sigma entry 1 must be positive"),
-    (["--config.refine.lr=0"], "config.refine.lr must be positive, got 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,problem",
+    [
+        (["--config.data.object=/nonexistent/shape.obj"], "shape.obj: file not found"),
+        (["--config.data.object={empty}"], "empty.obj: no vertices"),
+        (["--config.train.bogus=1"], "unknown config field 'config.train.bogus'"),
+        (["--config.train.batch_size=7"], "batch size 7 does not divide the 64 training images"),
+        (["--config.data.test_size=100"], "test set (100 images) is larger than the training data (64)"),
+        (["--config.sigma.list=3,0,1"], "sigma entry 2 must be positive"),
+        (["--config.sigma.file={bad_sigma}"], "bad_sigma.csv: sigma entry 1 must be positive"),
+        (["--config.refine.lr=0"], "config.refine.lr must be positive, got 0"),
+    ],
+)
 def test_bad_input_is_one_line_error(tmp_path, overrides, problem):
     (tmp_path / "empty.obj").write_text("# nothing here\nf 1 2 3\n")
     (tmp_path / "bad_sigma.csv").write_text("-1,2\n")
