@@ -8,6 +8,7 @@ replicated.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,9 +44,99 @@ class Setup(NamedTuple):
         return NamedSharding(self.mesh, P("data"))
 
 
+class Bounds(NamedTuple):
+    """The range of a numeric config field (``None``: unbounded on that side)."""
+
+    low: float | None
+    high: float | None = None
+    low_open: bool = False  # the low end itself is excluded
+    high_open: bool = False
+    optional: bool = False  # None is allowed (a placeholder)
+    integer: bool = False
+
+    def holds(self, value: float) -> bool:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return low_ok and high_ok
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low == 0 and self.low_open and self.high is None:
+            return "positive"
+        if self.low is not None and self.high is None:
+            return f"{kind} of at least {self.low:g}" if not self.low_open else f"{kind} above {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+_COUNT = Bounds(1, integer=True)
+_SIZE = Bounds(0, integer=True)  # 0: none, or (train_size of real data) all
+_POSITIVE = Bounds(0, low_open=True)
+_FRACTION = Bounds(0, 1)
+# Every numeric field of configs/default.py and its range (tests/test_setup.py checks that none is missing).
+BOUNDS: dict[str, Bounds] = {
+    "seed": Bounds(0, 2**32 - 1, integer=True),
+    "data.pixel_nm": _POSITIVE,
+    "data.image_height": Bounds(8, integer=True),
+    "data.image_width": Bounds(8, integer=True),
+    "data.train_size": _SIZE,
+    "data.test_size": _SIZE,
+    "data.valid_size": _SIZE,
+    "data.max_trans": Bounds(0),
+    "data.dropout": Bounds(0, 1, high_open=True),
+    "data.wobble": Bounds(0),
+    "data.spawn": Bounds(0, 1, low_open=True),
+    "data.max_spawn": _COUNT,
+    "data.num_aug": _COUNT,
+    "model.num_heads": Bounds(1, 64, integer=True),
+    "points.num": _COUNT,
+    "optim.lr": _POSITIVE,
+    "optim.plr": _POSITIVE._replace(optional=True),
+    "optim.weight_decay": Bounds(0),
+    "optim.b1": Bounds(0, 1, high_open=True),
+    "optim.b2": Bounds(0, 1, high_open=True),
+    "optim.eps": _POSITIVE,
+    "optim.decay_fraction": _FRACTION,
+    "optim.pinterval": _COUNT,
+    "optim.adapt_factor": Bounds(0, 1, low_open=True),
+    "optim.adapt_patience": _SIZE,
+    "train.batch_size": _COUNT,
+    "train.epochs": _SIZE,
+    "train.steps": _SIZE,
+    "train.log_every": _COUNT,
+    "train.save_every": _COUNT,
+    "train.max_to_keep": _COUNT,
+    "refine.steps": _SIZE,
+    "refine.images": _SIZE,
+    "refine.batch_size": _SIZE,
+    "refine.lr": _POSITIVE,
+    "refine.plr": _POSITIVE._replace(optional=True),
+}
+
+
+def field(cfg: ml_collections.ConfigDict, dotted: str):
+    for name in dotted.split("."):
+        cfg = cfg[name]
+    return cfg
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Values the data module does not see; each problem is a one-line InputError."""
+    """Every value checked up front (ranges, choices, the sigma list); each problem is a one-line InputError
+    naming the field."""
+    for name, bounds in BOUNDS.items():
+        value = field(cfg, name)
+        if value is None and bounds.optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(None, f"config.{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(None, f"config.{name} must be finite, got {value}")
+        if bounds.integer and value != int(value):
+            raise InputError(None, f"config.{name} must be an integer, got {value}")
+        if not bounds.holds(value):
+            raise InputError(None, f"config.{name} must be {bounds.describe()}, got {value}")
     choices = (
+        ("data.source", cfg.data.source, data.SOURCES),
         ("train.normalise", cfg.train.normalise, loss.NORMALISATIONS),
         ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
@@ -54,28 +145,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     for name, value, allowed in choices:
         if value not in allowed:
             raise InputError(None, f"config.{name}: unknown value {value!r}; expected one of {allowed}")
-    for name in ("log_every", "save_every", "max_to_keep"):
-        if cfg.train[name] <= 0:
-            raise InputError(None, f"config.train.{name} must be positive, got {cfg.train[name]}")
     if cfg.train.epochs <= 0 and cfg.train.steps <= 0:
         raise InputError(None, "config.train.epochs or config.train.steps must be positive")
-    if cfg.model.num_heads < 1:
-        raise InputError(None, f"config.model.num_heads must be at least 1, got {cfg.model.num_heads}")
-    for name in ("lr", "plr"):
-        value = cfg.optim[name]
-        if value is not None and not value > 0:
-            raise InputError(None, f"config.optim.{name} must be positive, got {value}")
-    if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
-        raise InputError(None, f"config.optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
-    if cfg.optim.adapt and cfg.optim.pinterval <= 0:
-        raise InputError(None, f"config.optim.pinterval must be positive, got {cfg.optim.pinterval}")
-    for name in ("steps", "images", "batch_size"):
-        if cfg.refine[name] < 0:
-            raise InputError(None, f"config.refine.{name} must not be negative, got {cfg.refine[name]}")
-    for name in ("lr", "plr"):
-        value = cfg.refine[name]
-        if value is not None and not value > 0:
-            raise InputError(None, f"config.refine.{name} must be positive, got {value}")
+    data.sigmas(cfg)  # the sigma list (or file): finite positive numbers
 
 
 def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None, cache_dir: Path | None = None) -> Setup:
