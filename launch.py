@@ -9,14 +9,18 @@ Thin on purpose: it parses flags and calls the library. Bad input ends with a
 one-line error and a non-zero exit status.
 """
 
+import contextlib
 import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from holly_jax import evaluate, infer, pipeline
+from holly_jax import evaluate, infer, outputs, pipeline
 from holly_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -93,33 +97,52 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-    try:
-        if FLAGS.mode == "train":
-            require("config", "workdir")
-            pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        elif FLAGS.mode == "evaluate":
-            require("workdir")
-            pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)
-        elif FLAGS.mode == "infer":
-            require("workdir", "input")
-            infer.infer(FLAGS.workdir, FLAGS.input, FLAGS.output)
-        else:
-            require("object", "output")
-            try:
-                translation = tuple(float(v) for v in FLAGS.translation)
-            except ValueError:
-                fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
-            if len(translation) != 2:
-                fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
-            pose = (FLAGS.pose or ["euler:0,0,0"])[0]
-            path = infer.render_file(
-                FLAGS.object, FLAGS.output, pose, FLAGS.sigma, FLAGS.size, translation, FLAGS.normalise
-            )
-            print(f"wrote {path} and {path.with_suffix('.png')}")
-    except InputError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+    workdir = Path(FLAGS.workdir) if FLAGS.workdir else None
+    if workdir is not None and workdir.exists() and not workdir.is_dir():
+        fail(f"{workdir}: exists and is not a folder: --workdir must name a folder")
+    keep_log = workdir is not None and (FLAGS.mode == "train" or workdir.is_dir())
+    with outputs.console_log(workdir / "run.log") if keep_log else contextlib.nullcontext() as log:
+        try:
+            run_mode()
+        except InputError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+        except Exception as e:  # anything unexpected: one line here, the traceback in run.log
+            if log is None:  # no workdir: the traceback goes to a file of its own
+                fd, path = tempfile.mkstemp(prefix="holly-jax-error-", suffix=".log")
+                with os.fdopen(fd, "w") as f:
+                    f.write(traceback.format_exc())
+                where = f"the traceback is in {path}"
+            else:
+                log.write(traceback.format_exc())
+                where = f"the traceback is in {workdir / 'run.log'}"
+            fail(f"unexpected {e.__class__.__name__}: {' '.join(str(e).split())[:200]} ({where})")
+
+
+def run_mode() -> None:
+    if FLAGS.mode == "train":
+        require("config", "workdir")
+        pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "evaluate":
+        require("workdir")
+        pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)
+    elif FLAGS.mode == "infer":
+        require("workdir", "input")
+        infer.infer(FLAGS.workdir, FLAGS.input, FLAGS.output)
+    else:
+        require("object", "output")
+        try:
+            translation = tuple(float(v) for v in FLAGS.translation)
+        except ValueError:
+            fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
+        if len(translation) != 2:
+            fail(f"--translation={','.join(FLAGS.translation)}: expected two numbers", 2)
+        pose = (FLAGS.pose or ["euler:0,0,0"])[0]
+        path = infer.render_file(
+            FLAGS.object, FLAGS.output, pose, FLAGS.sigma, FLAGS.size, translation, FLAGS.normalise
+        )
+        print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from holly_jax import faults
+
 
 def write_atomic(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` (parent folders created) all at once or not at all."""
@@ -18,6 +20,7 @@ def write_atomic(path: str | os.PathLike, payload: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        faults.point("file_write")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

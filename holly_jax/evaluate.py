@@ -20,6 +20,7 @@ import numpy as np
 
 from holly_jax import (
     data,
+    faults,
     forward,
     input_pipeline,
     metrics,
@@ -208,6 +209,7 @@ def evaluate(
             out / "animation.gif", plots.side_by_side(frames_in, frames_out), scale=plots.enlargement(setup.ds.size)
         )
 
+    faults.point("evaluation")
     outputs.write_json(out / "metrics.json", results)
     write_report(workdir, results)
     if not quiet:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from holly_jax import faults
 from holly_jax.errors import InputError
 
 
@@ -58,6 +59,7 @@ def drive(
     acc, n_acc, images, t_last = None, 0, 0, time.perf_counter()
     for step, batch in zip(range(start, loop.total), batches):
         state, metrics = step_fn(state, batch)
+        faults.point(f"{loop.name}_step")
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
         n_acc, images = n_acc + 1, images + loop.batch_size
         bar.update(loop.batch_size)

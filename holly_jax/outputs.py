@@ -8,16 +8,20 @@ phase's records to the metrics log, TensorBoard and the console.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from holly_jax import pointfile
+from holly_jax import faults, pointfile
 from holly_jax.atomic import write_atomic
 
 
@@ -63,7 +67,10 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps({k: _clean(v) for k, v in record.items()}) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+            f.write(line[: len(line) // 2])  # two writes: a kill between them tears the line, as any kill may
+            f.flush()
+            faults.point("metrics")
+            f.write(line[len(line) // 2 :])
             f.flush()
 
     def read(self) -> list[dict[str, Any]]:
@@ -137,3 +144,44 @@ class Recorder:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class _Tee(io.TextIOBase):
+    """A console stream that also appends what it prints to a log file (progress-bar redraws excepted)."""
+
+    def __init__(self, stream: TextIO, log: TextIO):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if "\r" not in text:
+            self.log.write(text)
+            self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextlib.contextmanager
+def console_log(path: str | os.PathLike) -> Iterator[TextIO]:
+    """Append everything printed inside the block to ``path`` (with a header line: time and command); yields
+    the open log, where a caller can add a traceback."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
+        out, err, hook = sys.stdout, sys.stderr, sys.unraisablehook
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        # exceptions Python can only report, not raise (in finalisers, in library threads): to the log alone
+        sys.unraisablehook = lambda u: log.write(f"unraisable exception ({u.err_msg or 'ignored'}): {u.exc_value!r}\n")
+        try:
+            yield log
+        finally:
+            sys.stdout, sys.stderr, sys.unraisablehook = out, err, hook

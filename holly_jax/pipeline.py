@@ -29,14 +29,23 @@ from holly_jax.setup import create_setup
 def fit(cfg: ml_collections.ConfigDict, workdir: str | Path) -> workdirs.Saved:
     """Train (or resume) the run a config describes under ``workdir``, then refine its poses when
     ``refine.steps`` > 0; writes ``final.ply`` (the refined points, if refined)."""
-    workdir = Path(workdir)
-    setup = create_setup(cfg, cache_dir=workdir / "cache")
+    with workdirs.locked(workdir, jax.process_index() == 0):
+        return _fit(cfg, Path(workdir))
+
+
+def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     primary = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "config.json").exists() and any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+        workdirs.check_resume(workdir, cfg)
+    for stale in workdir.rglob(".*.tmp"):  # half-written files of a killed run (see atomic.write_atomic)
+        stale.unlink(missing_ok=True)
+    setup = create_setup(cfg, cache_dir=workdir / "cache")
     mngr = checkpoints.manager(workdir, cfg)
     state = jax.device_put(train.restore_or_init(setup, mngr, workdir), setup.replicated())
-    # training is done: resume the refinement, if it began
+    # training is done: resume the refinement, if it began; training goes on: an earlier refinement is stale
     refined = refine.load(workdir, setup, state) if int(state.step) == setup.total_steps else None
+    if int(state.step) < setup.total_steps and primary and refine.discard(workdir):
+        tqdm.write("training goes on from a checkpoint before the refinement: the refinement will be redone")
     if primary:
         outputs.write_json(workdir / "config.json", cfg.to_dict())
     rec = outputs.Recorder(
@@ -58,10 +67,12 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path) -> workdirs.Saved:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> train.TrainState:
     """``fit``, then (``train.report``, on process 0) evaluate against the ground truth and write
     ``report.html``; returns the final state (carrying the refined points, if refined)."""
-    saved = fit(cfg, workdir)
-    if cfg.train.report and jax.process_index() == 0:
-        evaluate.evaluate(saved.setup, saved.state, Path(workdir), quiet=True, refined=saved.refined)
-        tqdm.write(f"report: {Path(workdir) / 'report.html'}")
+    primary = jax.process_index() == 0
+    with workdirs.locked(workdir, primary):
+        saved = _fit(cfg, Path(workdir))
+        if cfg.train.report and primary:
+            evaluate.evaluate(saved.setup, saved.state, Path(workdir), quiet=True, refined=saved.refined)
+            tqdm.write(f"report: {Path(workdir) / 'report.html'}")
     return saved.state
 
 
@@ -73,13 +84,14 @@ def evaluate_workdir(
 ) -> dict[str, Any]:
     """Evaluate the latest checkpoint of the run in ``workdir``, with its refined points and poses if it was
     refined."""
-    saved = workdirs.load(workdir)
-    return evaluate.evaluate(
-        saved.setup,
-        refine.with_points(saved.state, saved.refined),
-        Path(workdir),
-        truth,
-        pose_texts,
-        quiet,
-        saved.refined,
-    )
+    with workdirs.locked(workdir, create=False):
+        saved = workdirs.load(workdir)
+        return evaluate.evaluate(
+            saved.setup,
+            refine.with_points(saved.state, saved.refined),
+            Path(workdir),
+            truth,
+            pose_texts,
+            quiet,
+            saved.refined,
+        )

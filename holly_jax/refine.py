@@ -15,6 +15,7 @@ always meets the same image.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -270,6 +271,16 @@ def batches(setup: Setup, ph: Phase, items_M: np.ndarray, start: int):
 
 def enabled(setup: Setup) -> bool:
     return int(setup.cfg.refine.steps) > 0
+
+
+def discard(workdir: str | Path) -> bool:
+    """Remove a refinement made from an earlier training state (training goes on, so it is redone); True if
+    there was one."""
+    folder = Path(workdir) / "refine" / "checkpoints"
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def load(workdir: str | Path, setup: Setup, state: TrainState) -> RefineState | None:

@@ -21,7 +21,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from holly_jax import checkpoints, data, forward, input_pipeline, loop, optim, outputs, plots, pointfile, points
+from holly_jax import checkpoints, data, faults, forward, input_pipeline, loop, optim, outputs, plots, pointfile, points
 from holly_jax.setup import Setup
 
 
@@ -143,6 +143,7 @@ def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, 
     folder = workdir / "pictures"
     step = int(state.step)
     plots.save_curves(folder / "curves.png", rec.records())
+    faults.point("pictures")
     idx = setup.ds.splits["test"] if len(setup.ds.splits["test"]) else setup.ds.splits["train"]
     batch = jnp.asarray(input_pipeline.host_batch(setup, idx[:8], step))
     targets, images = jax.device_get(steps.sample(state, setup.ds.arrays, batch))

@@ -13,40 +13,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "holly_jax"
 
 # Top to bottom: the orchestration, the phases, what the phases share, data, then the method and its files.
+# fmt: off
 LAYERS = [
-    "sweep",
-    "pipeline",
-    "infer",
-    "evaluate",
-    "workdirs",
-    "refine",
-    "train",
-    "loop",
-    "forward",
-    "optim",
-    "checkpoints",
-    "input_pipeline",
-    "setup",
-    "data",
-    "simulate",
-    "locs",
-    "fits",
-    "shapes",
-    "outputs",
-    "plots",
-    "metrics",
-    "poses",
-    "pointfile",
-    "model",
-    "render",
-    "rotations",
-    "loss",
-    "schedule",
-    "points",
-    "salts",
-    "atomic",
-    "errors",
+    "sweep", "pipeline", "infer",
+    "evaluate", "workdirs", "refine", "train",
+    "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
+    "data", "simulate", "locs", "fits",
+    "shapes", "outputs", "plots", "metrics", "poses", "pointfile", "model", "render", "rotations", "loss",
+    "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
+# fmt: on
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
