@@ -11,12 +11,15 @@ from a workdir.
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from holly_jax import (
     data,
@@ -31,6 +34,7 @@ from holly_jax import (
     refine,
     render,
     rotations,
+    symmetry,
 )
 from holly_jax.atomic import write_atomic
 from holly_jax.setup import Setup
@@ -49,10 +53,11 @@ def render_truth(truth_Nx3: np.ndarray, R_Bx3x3: np.ndarray, sigma: float, size:
     )
 
 
-def held_out(setup: Setup, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validation (else test) targets at ``sigma`` and, for simulated data, their true rotations."""
+def held_out(setup: Setup, sigma: float, limit: int = 1000) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Validation (else test) targets at ``sigma``, for simulated data their true rotations, and their items."""
     idx = setup.ds.splits["valid"] if len(setup.ds.splits["valid"]) else setup.ds.splits["test"]
-    return images_of(setup, np.asarray(idx[:limit]), sigma)
+    idx = np.asarray(idx[:limit])
+    return (*images_of(setup, idx, sigma), idx)
 
 
 def true_rotations(setup: Setup, idx: np.ndarray) -> np.ndarray:
@@ -92,28 +97,96 @@ def pose_errors(
     setup: Setup,
     predictor: forward.Predictor,
     sigma: float,
+    frame: tuple[np.ndarray, bool] | None,
+    group_Gx3x3: np.ndarray,
+    table: PoseTable,
     refined: refine.RefineState | None = None,
     limit: int = 1000,
 ) -> dict[str, Any]:
     """Rotation errors on the first ``limit`` training images (simulated data): the network's ("train_")
-    and, after refinement, the pose table's ("refined_"), on the same images."""
+    and, after refinement, the pose table's ("refined_"), on the same images; their rows go to ``table``."""
     if setup.ds.source != "simulated":
         return {}
     idx = np.asarray(setup.ds.splits["train"][:limit])
     if refined is not None:
         idx = idx[: len(refined.items_M)]  # the table's rows are the first training images
     targets, R_true = images_of(setup, idx, sigma)
-    results = {"train_images": len(idx)}
-    results.update(
-        {
-            f"train_{k}": v
-            for k, v in poses.rotation_error(R_true, predictor(targets, sigma).pose.R_Bx3x3).summary().items()
-        }
-    )
+    pred = predictor(targets, sigma)
+    error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group_Gx3x3)
+    table.add("train", idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2, pred.sigma_B, pred.loss_B, R_true, error.errors_deg)
+    results = {"train_images": len(idx), **{f"train_{k}": v for k, v in error.summary().items()}}
     if refined is not None:
         R_table = np.asarray(refine.rotations_of(refined))[: len(idx)]
-        results.update({f"refined_{k}": v for k, v in poses.rotation_error(R_true, R_table).summary().items()})
+        error = poses.rotation_error(R_true, R_table, frame, group_Gx3x3)
+        rows = jax.device_get(refined.rows)
+        table.add(
+            "refined", idx, R_table, rows["t"][: len(idx)], rows["sigma"][: len(idx)], None, R_true, error.errors_deg
+        )
+        results.update({f"refined_{k}": v for k, v in error.summary().items()})
     return results
+
+
+class PoseTable:
+    """``eval/poses.csv``: one row per image and source of poses (held-out and training images by the
+    network, the refinement table's rows): item (or FITS file), the predicted rotation as a quaternion
+    (w, x, y, z) and a rotation vector (radians), translation, sigma, loss and, for simulated data, the
+    true rotation and the symmetry-aware error in degrees."""
+
+    HEADER = [
+        "split",
+        "item",
+        "qw",
+        "qx",
+        "qy",
+        "qz",
+        "rx",
+        "ry",
+        "rz",
+        "tx",
+        "ty",
+        "sigma",
+        "loss",
+        "true_qw",
+        "true_qx",
+        "true_qy",
+        "true_qz",
+        "error_deg",
+    ]
+
+    def __init__(self, names: list[str] | None = None):
+        self.names, self.rows = names, []
+
+    def add(self, split, items, R_Bx3x3, t_Bx2, sigma_B, loss_B, R_true_Bx3x3, errors_deg) -> None:
+        rot = Rotation.from_matrix(np.asarray(R_Bx3x3, np.float64))
+        q, rv = rot.as_quat()[:, [3, 0, 1, 2]], rot.as_rotvec()
+        true_q = (
+            Rotation.from_matrix(np.asarray(R_true_Bx3x3, np.float64)).as_quat()[:, [3, 0, 1, 2]]
+            if R_true_Bx3x3 is not None
+            else None
+        )
+        t, sigma = np.asarray(t_Bx2, np.float64), np.asarray(sigma_B, np.float64)
+        for i, item in enumerate(np.asarray(items)):
+            name = self.names[int(item)] if self.names else int(item)
+            self.rows.append(
+                [
+                    split,
+                    name,
+                    *q[i],
+                    *rv[i],
+                    *t[i],
+                    sigma[i],
+                    "" if loss_B is None else float(np.asarray(loss_B)[i]),
+                    *(true_q[i] if true_q is not None else [""] * 4),
+                    "" if errors_deg is None else float(errors_deg[i]),
+                ]
+            )
+
+    def write(self, path: Path) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.HEADER)
+        writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in self.rows])
+        write_atomic(path, buf.getvalue().encode())
 
 
 def evaluate(
@@ -143,9 +216,18 @@ def evaluate(
     if refined is not None:
         results["refine_step"] = int(refined.step)
 
+    frame, group = None, np.eye(3)[None]
+    table = PoseTable(
+        [Path(f).name for f in setup.ds.fits_images.load(setup.ds.fits_images.entry_folders[0]).files]
+        if setup.ds.fits_images is not None
+        else None
+    )
     if truth_Mx3 is not None:
         alignment = metrics.align(learned, truth_Mx3, seed=int(setup.cfg.seed))
         aligned = alignment.apply(learned)
+        symmetric = symmetry.find(truth_Mx3)
+        frame, group = (alignment.R, alignment.mirrored), symmetric.rotations_Gx3x3
+        results.update(symmetric.summary())
         results.update(
             {
                 "truth_points": len(truth_Mx3),
@@ -166,11 +248,15 @@ def evaluate(
     else:
         plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
 
-    targets, R_true = held_out(setup, sigma)
+    targets, R_true, idx = held_out(setup, sigma)
     if len(targets):
         pred = predictor(targets, sigma)
+        errors = None
         if R_true is not None:
-            results.update(poses.rotation_error(R_true, pred.pose.R_Bx3x3).summary())
+            error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group)
+            results.update(error.summary())
+            errors = error.errors_deg
+        table.add("heldout", idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2, pred.sigma_B, pred.loss_B, R_true, errors)
         results.update(
             {
                 "heldout_images": len(targets),
@@ -191,7 +277,8 @@ def evaluate(
             out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(setup.ds.size)
         )
 
-    results.update(pose_errors(setup, predictor, sigma, refined))
+    results.update(pose_errors(setup, predictor, sigma, frame, group, table, refined))
+    table.write(out / "poses.csv")
 
     if truth_Mx3 is not None and len(rotations_given):
         given = render_truth(truth_Mx3, rotations_given, sigma, setup.ds.size)

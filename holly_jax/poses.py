@@ -1,12 +1,14 @@
-"""Pose bookkeeping for evaluation: parsing user poses, rotation error after one global alignment, tours.
+"""Pose bookkeeping for evaluation: parsing user poses, rotation error in the cloud's frame, tours.
 
-Rotation error: a learned cloud lives in its own frame, possibly mirrored.
-If the network is right, R_pred_i = R_true_i A for one fixed rotation A
-(or, for a mirror-image cloud, F R_pred_i F = R_true_i A with F = diag(1, 1, -1),
-since a projection along z cannot tell F apart). So Q_i = R_true_i^T R_pred_i
-(or R_true_i^T F R_pred_i F) should be constant; A is their robust mean, and
-each image's error is its angle from A. The handedness with the smaller median
-error is reported.
+Rotation error (docs/method.md §8): a learned cloud lives in its own frame,
+possibly mirrored. The alignment that maps it onto the ground truth (one
+rotation A and a handedness, found on the clouds) maps the predicted poses
+too: if the network is right, R_pred_i A^T = R_true_i g_i (for a mirror-image
+cloud F R_pred_i F A^T, with F = diag(1, 1, -1), since a projection along z
+cannot tell F apart), where g_i is any rotation that maps the truth onto
+itself: poses that differ by a symmetry of the object give the same image,
+so each image's error is its angle to the nearest such g. Without a cloud to
+align, A is fitted to the poses (their robust mean, the better handedness).
 """
 
 from __future__ import annotations
@@ -81,15 +83,39 @@ class PoseError(NamedTuple):
         }
 
 
-def rotation_error(R_true_Bx3x3: np.ndarray, R_pred_Bx3x3: np.ndarray) -> PoseError:
-    """Per-image rotation error in degrees after one global alignment, the better handedness."""
+def _angles_to_group_deg(q_Bx3x3: np.ndarray, group_Gx3x3: np.ndarray) -> np.ndarray:
+    """Each rotation's angle to the nearest element of the group, in degrees."""
+    cos = (np.einsum("bij,gij->bg", q_Bx3x3, group_Gx3x3) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos.max(axis=1), -1.0, 1.0)))
+
+
+def rotation_error(
+    R_true_Bx3x3: np.ndarray,
+    R_pred_Bx3x3: np.ndarray,
+    cloud: tuple[np.ndarray, bool] | None = None,
+    group_Gx3x3: np.ndarray | None = None,
+) -> PoseError:
+    """Per-image rotation error in degrees, the smallest over the truth's symmetry group.
+
+    With ``cloud = (R, mirrored)``, the alignment that maps the learned cloud onto the truth
+    (``metrics.Alignment``: x_truth = R M x_learned + t), the poses are judged in that one frame and
+    handedness: a prediction is right when ``F^m R_pred F^m R^T = R_true g`` for a symmetry g of the
+    truth (g X = X). Without it, the frame is fitted to the poses themselves (a robust mean, the better
+    handedness), as when there is no cloud to align.
+    """
     R_true, R_pred = np.asarray(R_true_Bx3x3, np.float64), np.asarray(R_pred_Bx3x3, np.float64)
+    group = np.eye(3)[None] if group_Gx3x3 is None else np.asarray(group_Gx3x3, np.float64)
+    if cloud is not None:
+        R_align, mirrored = np.asarray(cloud[0], np.float64), bool(cloud[1])
+        pred = F @ R_pred @ F if mirrored else R_pred
+        q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R_align^T
+        return PoseError(_angles_to_group_deg(q, group), mirrored, R_align)
     best = None
     for mirrored in (False, True):
         pred = F @ R_pred @ F if mirrored else R_pred
         q = np.einsum("bji,bjk->bik", R_true, pred)
         a = robust_mean(q)
-        result = PoseError(_angles_deg(q, a), mirrored, a)
+        result = PoseError(_angles_to_group_deg(np.einsum("bij,kj->bik", q, a), group), mirrored, a)
         if best is None or np.median(result.errors_deg) < np.median(best.errors_deg):
             best = result
     return best

@@ -1,5 +1,6 @@
 """Evaluation, inference and render modes on one tiny trained run."""
 
+import csv
 import json
 import os
 import subprocess
@@ -48,6 +49,15 @@ def test_training_writes_pictures_report_and_evaluation(run_dir):
     for key in ("chamfer", "hausdorff", "rotation_error_median_deg", "rotation_under_10deg", "heldout_loss"):
         assert isinstance(results[key], float)
     assert results["heldout_images"] == 8 and results["step"] == 32
+    assert results["symmetry"] == "C1" and results["symmetry_order"] == 1  # the asymmetric shape
+    assert results["rotation_mirrored"] == results["cloud_mirrored"]  # one alignment for cloud and poses
+    rows = list(csv.DictReader((run_dir / "eval" / "poses.csv").open()))
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    assert len(heldout) == 8 and len([r for r in rows if r["split"] == "train"]) == results["train_images"]
+    median = np.median([float(r["error_deg"]) for r in heldout])
+    assert median == pytest.approx(results["rotation_error_median_deg"], abs=1e-3)  # the table gives the figures
+    q = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in heldout])
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     aligned = pointfile.read_points(run_dir / "eval" / "aligned.ply")
     assert aligned.shape == (60, 3)
     assert pointfile.read_points(run_dir / "eval" / "truth.ply").shape == pointfile.read_points(OBJ).shape
