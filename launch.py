@@ -101,23 +101,37 @@ def main(argv):
     if workdir is not None and workdir.exists() and not workdir.is_dir():
         fail(f"{workdir}: exists and is not a folder: --workdir must name a folder")
     keep_log = workdir is not None and (FLAGS.mode == "train" or workdir.is_dir())
-    with outputs.console_log(workdir / "run.log") if keep_log else contextlib.nullcontext() as log:
+    with contextlib.ExitStack() as stack:
+        log = None
+        if keep_log:
+            try:
+                log = stack.enter_context(outputs.console_log(workdir / "run.log"))
+            except OSError as e:
+                fail(f"{workdir}: cannot write run.log there ({e.strerror or e})")
         try:
             run_mode()
         except InputError as e:
             fail(str(e))
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
-        except Exception as e:  # anything unexpected: one line here, the traceback in run.log
-            if log is None:  # no workdir: the traceback goes to a file of its own
-                fd, path = tempfile.mkstemp(prefix="holly-jax-error-", suffix=".log")
-                with os.fdopen(fd, "w") as f:
-                    f.write(traceback.format_exc())
-                where = f"the traceback is in {path}"
-            else:
-                log.write(traceback.format_exc())
-                where = f"the traceback is in {workdir / 'run.log'}"
-            fail(f"unexpected {e.__class__.__name__}: {' '.join(str(e).split())[:200]} ({where})")
+        except Exception as e:  # anything unexpected: one line here, the traceback in a log
+            fail(
+                f"unexpected {e.__class__.__name__}: {' '.join(str(e).split())[:200]} ({keep_traceback(log, workdir)})"
+            )
+
+
+def keep_traceback(log, workdir: Path | None) -> str:
+    """Write the current traceback to run.log (else to a file of its own) and say where it went."""
+    try:
+        if log is not None:
+            log.write(traceback.format_exc())
+            return f"the traceback is in {workdir / 'run.log'}"
+        fd, path = tempfile.mkstemp(prefix="holly-jax-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(traceback.format_exc())
+        return f"the traceback is in {path}"
+    except OSError:
+        return "the traceback could not be written: the disk may be full"
 
 
 def run_mode() -> None:

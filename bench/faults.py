@@ -2,13 +2,15 @@
 
     python bench/faults.py [--kills 20] [--seed 0] [--root runs/bench_faults]
 
-The uninterrupted run is timed first; then one workdir is started again and
-again, each process killed after a random share of that time (so kills land
-anywhere: compiling, stepping, checkpointing, writing files, refining,
-evaluating), until a process finishes on its own. The result must equal the
-uninterrupted run bit for bit: final.ply, every weight of the training and
-refinement checkpoints, and metrics.jsonl (wall-clock rates aside). The
-deterministic version with named kill points is tests/test_faults.py.
+The uninterrupted run is timed first. Then a chain: one workdir is started
+again and again, each process killed after a random share of that time (so
+kills land anywhere: compiling, stepping, checkpointing, writing files,
+refining, evaluating), until a process finishes on its own. Its result must
+equal the uninterrupted run bit for bit: final.ply, every weight of the
+training and refinement checkpoints, and metrics.jsonl (wall-clock rates
+aside). Chains follow one another until ``--kills`` processes have been
+killed. The deterministic version with named kill points is
+tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -83,35 +85,26 @@ def main() -> None:
         sys.exit(f"the uninterrupted run failed: {proc.stderr.read().decode()[-2000:]}")
     whole_s = time.perf_counter() - start
 
-    killed_at = []
-    for _ in range(args.kills):
-        proc = launch(root / "killed")
-        delay = rng.uniform(0.05, 1.0) * whole_s
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed_at.append(round(delay, 2))
-            continue
-        if proc.returncode != 0:
-            sys.exit(f"a resumed run failed: {proc.stderr.read().decode()[-2000:]}")
-    proc = launch(root / "killed")
-    if proc.wait() != 0:
-        sys.exit(f"the last resume failed: {proc.stderr.read().decode()[-2000:]}")
-    problems = same_run(root / "whole", root / "killed")
-    print(
-        json.dumps(
-            {
-                "uninterrupted_s": round(whole_s, 1),
-                "kills": len(killed_at),
-                "killed_after_s": killed_at,
-                "differences": problems,
-            },
-            indent=2,
-        )
-    )
-    sys.exit(1 if problems else 0)
+    chains = []
+    while sum(len(c["killed_after_s"]) for c in chains) < args.kills:
+        workdir = root / f"killed{len(chains)}"
+        killed_at = []
+        while True:
+            proc = launch(workdir)
+            delay = rng.uniform(0.05, 1.0) * whole_s
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at.append(round(delay, 1))
+                continue
+            if proc.returncode != 0:
+                sys.exit(f"a resumed run failed: {proc.stderr.read().decode()[-2000:]}")
+            break  # finished on its own
+        chains.append({"killed_after_s": killed_at, "differences": same_run(root / "whole", workdir)})
+    print(json.dumps({"uninterrupted_s": round(whole_s, 1), "chains": chains}, indent=2))
+    sys.exit(1 if any(c["differences"] for c in chains) else 0)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Each phase keeps its checkpoints in its own folder (training in
 ``train.max_to_keep`` of them. Saving is synchronous and Orbax writes a
 checkpoint under a temporary name before renaming it, so a listed checkpoint
 was complete when written. One that no longer restores (truncated or missing
-files, say from a full disk) is reported in one line and moved aside to
-``damaged/`` beside the folder, and the one before it is tried.
+files, say from a full disk) is reported in one line and the one before it is
+tried; once one restores, the newer ones are moved aside to ``damaged/`` beside
+the folder (``WORKDIR/damaged``, ``WORKDIR/refine/damaged``). If none
+restores, nothing is moved.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -29,18 +32,20 @@ from holly_jax.errors import InputError
 def manager(folder: Path, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The manager of ``folder/checkpoints``."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(cfg.train.max_to_keep),
-        create=True,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,  # what a killed save left half-written
+        max_to_keep=int(cfg.train.max_to_keep), create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager((Path(folder) / "checkpoints").resolve(), options=options)
+    directory = (Path(folder) / "checkpoints").resolve()
+    if jax.process_index() == 0:  # what a killed save left half-written (Orbax's own cleanup runs a thread)
+        for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
     """Save ``state`` as checkpoint ``step``; a failure (a full disk) leaves the earlier checkpoints as they
     were and is a one-line InputError."""
     kept = mngr.latest_step()
+    kept = f"the checkpoint of step {kept} is kept" if kept is not None else "no earlier checkpoint exists"
     faults.point("checkpoint")
     try:
         mngr.save(step, args=ocp.args.StandardSave(state))
@@ -50,38 +55,46 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
         reason = " ".join(str(e).split())[:160]
         raise InputError(
             mngr.directory,
-            f"cannot save checkpoint {step} ({e.__class__.__name__}: {reason}); the checkpoint of step {kept} is kept",
+            f"cannot save checkpoint {step} ({e.__class__.__name__}: {reason}); {kept}",
         ) from None
 
 
-def restore_latest(mngr: ocp.CheckpointManager, template: Any, what: str = "checkpoint") -> Any | None:
+def restore_latest(
+    mngr: ocp.CheckpointManager, template: Any, what: str = "checkpoint", move_damaged: bool = True
+) -> Any | None:
     """The newest checkpoint that restores, shaped like ``template`` (a state or its ``jax.eval_shape``), or
-    None without any; if none of several restores, a one-line InputError naming the folder."""
-    steps = sorted(mngr.all_steps(), reverse=True)
-    if not steps:
-        return None
-    problems = []
-    for step in steps:
+    None without any. Newer ones that do not restore are reported in one line each and (``move_damaged``,
+    process 0) moved to ``damaged/`` beside the folder, so the run can save those steps again; if none
+    restores, nothing is moved and the error is one line naming the folder."""
+    folder = Path(mngr.directory)
+    failed = []
+    for step in sorted(mngr.all_steps(), reverse=True):
         with _quiet("asyncio"):  # a failed read also logs each failed array's traceback: our one line says it
             try:
-                return mngr.restore(step, args=ocp.args.StandardRestore(template))
+                restored = mngr.restore(step, args=ocp.args.StandardRestore(template))
             except Exception as e:  # orbax raises many types for a damaged or mismatched checkpoint
-                error = e.__class__.__name__
-            gc.collect()  # the failed reads' futures are collected (and would log) now, while quiet
-        problems.append(f"{step} ({error})")
-        damaged = Path(mngr.directory).parent / "damaged" / str(step)
-        print(
-            f"warning: {what} {Path(mngr.directory) / str(step)} does not restore ({error}); moved to {damaged}",
-            file=sys.stderr,
-        )
-        damaged.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(damaged, ignore_errors=True)
-        shutil.move(str(Path(mngr.directory) / str(step)), damaged)
-        mngr.reload()
-    raise InputError(
-        mngr.directory,
-        f"no {what} restores (tried {', '.join(problems)}); they may be damaged or from a different config",
-    )
+                failed.append((step, e.__class__.__name__))
+                gc.collect()  # the failed reads' futures are collected (and would log) now, while quiet
+                continue
+        for bad, error in failed:
+            damaged = folder.parent / "damaged" / str(bad)
+            moved = move_damaged and jax.process_index() == 0
+            print(
+                f"warning: {what} {folder / str(bad)} does not restore ({error})"
+                + (f"; moved to {damaged}" if moved else "; using the one before"),
+                file=sys.stderr,
+            )
+            if moved:
+                damaged.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(damaged, ignore_errors=True)
+                shutil.move(str(folder / str(bad)), damaged)
+        if failed:
+            mngr.reload()
+        return restored
+    if not failed:
+        return None
+    tried = ", ".join(f"{step} ({error})" for step, error in failed)
+    raise InputError(folder, f"no {what} restores (tried {tried}); they may be damaged or from a different config")
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """Evaluating a trained run: metrics against a ground truth, renders, montages, an animation, a report.
 
 ``evaluate(setup, state, workdir)`` writes ``WORKDIR/eval/``: ``metrics.json``
-(aligned Chamfer and Hausdorff distances, rotation errors of the predicted
-poses after one global alignment, held-out loss; docs/method.md §8), the
+(aligned Chamfer and Hausdorff distances, the truth's symmetry, rotation
+errors of the predicted poses in the cloud's frame and modulo that symmetry,
+held-out loss; docs/method.md §8), ``poses.csv`` (every pose behind them), the
 aligned cloud beside the ground truth as PLY, pictures, an animation, and
 ``WORKDIR/report.html``. It needs the run's setup and state, not how they
 were made: the pipeline hands them over after training, or reads them back
@@ -97,7 +98,7 @@ def pose_errors(
     setup: Setup,
     predictor: forward.Predictor,
     sigma: float,
-    frame: tuple[np.ndarray, bool] | None,
+    frame: list[tuple[np.ndarray, bool]] | None,
     group_Gx3x3: np.ndarray,
     table: PoseTable,
     refined: refine.RefineState | None = None,
@@ -226,7 +227,8 @@ def evaluate(
         alignment = metrics.align(learned, truth_Mx3, seed=int(setup.cfg.seed))
         aligned = alignment.apply(learned)
         symmetric = symmetry.find(truth_Mx3)
-        frame, group = (alignment.R, alignment.mirrored), symmetric.rotations_Gx3x3
+        frame = poses.cloud_frames(alignment.R, alignment.mirrored, symmetric.mirror)
+        group = symmetric.rotations_Gx3x3
         results.update(symmetric.summary())
         results.update(
             {

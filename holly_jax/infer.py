@@ -33,7 +33,7 @@ def infer(
     workdir: str | Path, input_path: str | Path, out: str | Path | None = None, quiet: bool = False
 ) -> list[dict[str, Any]]:
     """Predict each image's pose and sigma; write the guess as FITS and input|guess as PNG, plus infer.json."""
-    saved = workdirs.load(workdir)
+    saved = workdirs.load(workdir, refined=False)  # the network draws with the trained points
     setup, state = saved.setup, saved.state
     out = Path(out) if out else Path(workdir) / "infer"
     files = fits_files(input_path)

@@ -6,7 +6,8 @@ since the last report, it writes the phase's record and returns it) and
 ``save`` every ``save_every`` steps (a checkpoint, point files, pictures); both
 also run at the last step. The loop waits on the device only at those
 intervals; a non-finite loss stops it with a one-line error, keeping the last
-checkpoint. The images/s it reports exclude the time spent in the actions.
+checkpoint. The images/s it reports exclude the time spent reporting (and
+saving, when a save falls on a report's step).
 """
 
 from __future__ import annotations
@@ -71,10 +72,9 @@ def drive(
             rate = images / (time.perf_counter() - t_last)
             means = {k: float(v) / n_acc for k, v in jax.device_get(acc).items()}
             if not np.isfinite(means["train_loss"]):
+                kept = f"the last checkpoint (step {saved}) is kept" if saved else "no checkpoint was saved yet"
                 raise InputError(
-                    None,
-                    f"{loop.name} diverged: the loss is {means['train_loss']} at {loop.name} "
-                    f"step {done}; the last checkpoint (step {saved}) is kept",
+                    None, f"{loop.name} diverged: the loss is {means['train_loss']} at {loop.name} step {done}; {kept}"
                 )
             record = report(done, means, rate, state)
             postfix = {"loss": f"{record['train_loss']:.4g}", "img_s": f"{rate:.0f}"}

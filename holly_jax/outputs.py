@@ -154,9 +154,12 @@ class _Tee(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        if "\r" not in text:
-            self.log.write(text)
-            self.log.flush()
+        if self.log is not None and "\r" not in text:
+            try:
+                self.log.write(text)
+                self.log.flush()
+            except OSError:  # the log's disk is full or gone: the console goes on alone
+                self.log = None
         return len(text)
 
     def flush(self) -> None:

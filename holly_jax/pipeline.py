@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from holly_jax import checkpoints, evaluate, outputs, refine, train, workdirs
+from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
 
 
@@ -37,11 +38,18 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     primary = jax.process_index() == 0
     if (workdir / "config.json").exists() and any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
         workdirs.check_resume(workdir, cfg)
-    for stale in workdir.rglob(".*.tmp"):  # half-written files of a killed run (see atomic.write_atomic)
-        stale.unlink(missing_ok=True)
+    if primary:
+        for stale in workdir.rglob(".*.tmp"):  # half-written files of a killed run (see atomic.write_atomic)
+            stale.unlink(missing_ok=True)
     setup = create_setup(cfg, cache_dir=workdir / "cache")
     mngr = checkpoints.manager(workdir, cfg)
     state = jax.device_put(train.restore_or_init(setup, mngr, workdir), setup.replicated())
+    if int(state.step) > setup.total_steps:
+        raise InputError(
+            workdir,
+            f"holds a run at step {int(state.step)}, beyond the {setup.total_steps} steps asked "
+            "for: train.steps and train.epochs can only grow on resume",
+        )
     # training is done: resume the refinement, if it began; training goes on: an earlier refinement is stale
     refined = refine.load(workdir, setup, state) if int(state.step) == setup.total_steps else None
     if int(state.step) < setup.total_steps and primary and refine.discard(workdir):

@@ -92,33 +92,47 @@ def _angles_to_group_deg(q_Bx3x3: np.ndarray, group_Gx3x3: np.ndarray) -> np.nda
 def rotation_error(
     R_true_Bx3x3: np.ndarray,
     R_pred_Bx3x3: np.ndarray,
-    cloud: tuple[np.ndarray, bool] | None = None,
+    frames: list[tuple[np.ndarray, bool]] | None = None,
     group_Gx3x3: np.ndarray | None = None,
 ) -> PoseError:
     """Per-image rotation error in degrees, the smallest over the truth's symmetry group.
 
-    With ``cloud = (R, mirrored)``, the alignment that maps the learned cloud onto the truth
-    (``metrics.Alignment``: x_truth = R M x_learned + t), the poses are judged in that one frame and
-    handedness: a prediction is right when ``F^m R_pred F^m R^T = R_true g`` for a symmetry g of the
-    truth (g X = X). Without it, the frame is fitted to the poses themselves (a robust mean, the better
-    handedness), as when there is no cloud to align.
+    Each frame ``(R, mirrored)`` is an alignment that maps the learned cloud onto the truth
+    (``metrics.Alignment``: x_truth = R M x_learned + t); a prediction is right in it when
+    ``F^m R_pred F^m R^T = R_true g`` for a symmetry g of the truth (g X = X). An achiral truth has a frame
+    of each handedness (see ``cloud_frames``), and poses of either draw the same images: each image takes
+    the nearer (``mirrored`` tells which frame has the lower median). Without frames,
+    the frame is fitted to the poses themselves (a robust mean, the better handedness), for a truth with
+    no symmetry only (the mean of poses that differ by group elements means nothing).
     """
     R_true, R_pred = np.asarray(R_true_Bx3x3, np.float64), np.asarray(R_pred_Bx3x3, np.float64)
     group = np.eye(3)[None] if group_Gx3x3 is None else np.asarray(group_Gx3x3, np.float64)
-    if cloud is not None:
-        R_align, mirrored = np.asarray(cloud[0], np.float64), bool(cloud[1])
-        pred = F @ R_pred @ F if mirrored else R_pred
-        q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R_align^T
-        return PoseError(_angles_to_group_deg(q, group), mirrored, R_align)
-    best = None
-    for mirrored in (False, True):
-        pred = F @ R_pred @ F if mirrored else R_pred
-        q = np.einsum("bji,bjk->bik", R_true, pred)
-        a = robust_mean(q)
-        result = PoseError(_angles_to_group_deg(np.einsum("bij,kj->bik", q, a), group), mirrored, a)
-        if best is None or np.median(result.errors_deg) < np.median(best.errors_deg):
-            best = result
-    return best
+    results = []
+    if frames is not None:
+        for R_align, mirrored in frames:
+            pred = F @ R_pred @ F if mirrored else R_pred
+            q = np.einsum("bji,bjk,lk->bil", R_true, pred, np.asarray(R_align, np.float64))  # R_true^T pred R^T
+            results.append(PoseError(_angles_to_group_deg(q, group), bool(mirrored), np.asarray(R_align)))
+        best = min(results, key=lambda r: np.median(r.errors_deg))
+        return best._replace(errors_deg=np.min([r.errors_deg for r in results], axis=0))
+    else:
+        if len(group) > 1:
+            raise ValueError("a symmetric truth needs the cloud's frames: pass frames")
+        for mirrored in (False, True):
+            pred = F @ R_pred @ F if mirrored else R_pred
+            q = np.einsum("bji,bjk->bik", R_true, pred)
+            a = robust_mean(q)
+            results.append(PoseError(_angles_deg(q, a), mirrored, a))
+    return min(results, key=lambda r: np.median(r.errors_deg))
+
+
+def cloud_frames(R_align: np.ndarray, mirrored: bool, mirror_R: np.ndarray | None) -> list[tuple[np.ndarray, bool]]:
+    """The frames a cloud alignment gives: itself and, for an achiral truth (``mirror_R`` F X = X, see
+    ``symmetry.Symmetry.mirror``), the equally good alignment of the other handedness, F mirror_R^T R F."""
+    frames = [(np.asarray(R_align, np.float64), bool(mirrored))]
+    if mirror_R is not None:
+        frames.append((F @ np.asarray(mirror_R).T @ np.asarray(R_align) @ F, not bool(mirrored)))
+    return frames
 
 
 def greedy_tour(R_Bx3x3: np.ndarray) -> np.ndarray:

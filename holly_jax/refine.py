@@ -283,14 +283,14 @@ def discard(workdir: str | Path) -> bool:
     return True
 
 
-def load(workdir: str | Path, setup: Setup, state: TrainState) -> RefineState | None:
+def load(workdir: str | Path, setup: Setup, state: TrainState, move_damaged: bool = True) -> RefineState | None:
     """A run's latest refinement state, or None when it has none."""
     if not enabled(setup) or not (Path(workdir) / "refine" / "checkpoints").exists():
         return None
     ph = phase(setup)
     mngr = checkpoints.manager(Path(workdir) / "refine", setup.cfg)
     template = jax.eval_shape(lambda: initial_state_shape(setup, state, ph))
-    return checkpoints.restore_latest(mngr, template, "refinement checkpoint")
+    return checkpoints.restore_latest(mngr, template, "refinement checkpoint", move_damaged)
 
 
 def refine(

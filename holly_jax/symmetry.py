@@ -25,7 +25,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
+from holly_jax import metrics
+
 MAX_ORDER = 16
+MAX_POINTS = 2000
 HOLDS = 2.0  # a symmetry: RMS distance of rotated points to the cloud at most this many times its own spacing
 MISS = 3.0  # a point is not mapped when it lands farther than this many spacings from the cloud
 NEAR_MISSED = 0.25  # a near-symmetry leaves at most this share of the points unmapped
@@ -46,6 +49,7 @@ class Symmetry(NamedTuple):
     rotations_Gx3x3: np.ndarray  # the group's elements (the identity first), about the cloud's centroid
     axes: list[Axis]  # the rotations that generate it, highest order first
     near: list[Axis]  # rotations that map most of the cloud but not all of it, closest first
+    mirror: np.ndarray | None = None  # R with R F x = x for the centred cloud (F = diag(1, 1, -1)): achiral
 
     def summary(self) -> dict:
         describe = lambda a: {
@@ -57,6 +61,7 @@ class Symmetry(NamedTuple):
         }
         return {
             "symmetry": self.name,
+            "symmetry_achiral": self.mirror is not None,
             "symmetry_order": len(self.rotations_Gx3x3),
             "near_symmetries": [describe(a) for a in self.near],
         }
@@ -140,6 +145,8 @@ def find(points_Nx3: np.ndarray) -> Symmetry:
     """The proper rotational point group of a cloud (about its centroid) and its near-symmetries."""
     x = np.asarray(points_Nx3, np.float64)
     x = x - x.mean(0)
+    if len(x) > MAX_POINTS:  # a large cloud: its symmetry shows in a sample
+        x = x[np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False)]
     if len(x) < 3:
         return Symmetry("C1", np.eye(3)[None], [], [])
     tree = cKDTree(x)
@@ -169,8 +176,8 @@ def find(points_Nx3: np.ndarray) -> Symmetry:
         return group, axes
 
     group, axes = grow(np.eye(3)[None], [], scored)
-    if len(axes) == 1:  # a cyclic group: look for two-fold axes across it, one degree apart (a dihedral group)
-        main = axes[0].direction
+    if len(group) > 1 and _name(group).startswith("C"):  # cyclic: two-fold axes across it, 1 degree apart?
+        main = max(axes, key=lambda a: a.order).direction
         u = np.cross(main, [1.0, 0, 0] if abs(main[0]) < 0.9 else [0, 1.0, 0])
         u /= np.linalg.norm(u)
         angles = np.radians(np.arange(0, 180, 1.0))
@@ -187,7 +194,15 @@ def find(points_Nx3: np.ndarray) -> Symmetry:
             continue  # close to a rotation of the group: no new way to go wrong
         if not any(abs(b.direction @ a.direction) >= cos and b.order == a.order for b in near):
             near.append(a)
-    return Symmetry(_name(group), group, axes, near[:10])
+    return Symmetry(_name(group), group, axes, near[:10], _mirror(x, tree, limit * rms))
+
+
+def _mirror(x_Nx3: np.ndarray, tree: cKDTree, tolerance: float) -> np.ndarray | None:
+    """R with R F x mapping the centred cloud onto itself (an improper symmetry), or None (a chiral cloud)."""
+    mirrored = x_Nx3 @ metrics.MIRROR
+    best = metrics.align(mirrored, x_Nx3, starts=16, allow_mirror=False)
+    d, _ = tree.query(best.apply(mirrored))
+    return best.R if np.sqrt(np.mean(np.square(d))) <= tolerance else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,10 +153,11 @@ def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, 
     plots.save_cloud_views(folder / "cloud.png", np.asarray(state.params["points"]), title=f"step {step}")
 
 
-def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path) -> TrainState:
-    """The latest checkpoint if there is one, else a fresh state (and its initial points written)."""
+def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path, move_damaged: bool = True) -> TrainState:
+    """The latest checkpoint that restores if there is one (see ``checkpoints.restore_latest``), else a fresh
+    state (and its initial points written)."""
     state = create_state(setup, initial_points(setup))
-    restored = checkpoints.restore_latest(mngr, state)
+    restored = checkpoints.restore_latest(mngr, state, move_damaged=move_damaged)
     if restored is not None:
         return restored
     if jax.process_index() == 0:

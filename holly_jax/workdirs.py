@@ -58,15 +58,16 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return with_defaults(saved)
 
 
-def load(workdir: str | Path) -> Saved:
-    """The run a workdir holds: its setup, its latest training checkpoint and its latest refinement."""
+def load(workdir: str | Path, refined: bool = True) -> Saved:
+    """The run a workdir holds: its setup, its latest training checkpoint and (``refined``) its latest
+    refinement; read-only: a damaged checkpoint is skipped, not moved."""
     workdir = Path(workdir)
     setup = create_setup(read_config(workdir))
     mngr = checkpoints.manager(workdir, setup.cfg)
     if mngr.latest_step() is None:
         raise InputError(workdir / "checkpoints", "no checkpoint to evaluate")
-    state = train.restore_or_init(setup, mngr, workdir)
-    return Saved(setup, state, refine.load(workdir, setup, state))
+    state = train.restore_or_init(setup, mngr, workdir, move_damaged=False)
+    return Saved(setup, state, refine.load(workdir, setup, state, move_damaged=False) if refined else None)
 
 
 # Fields a resumed run may change: how long it runs and how often it logs, saves and reports.

@@ -19,7 +19,7 @@ LAYERS = [
     "evaluate", "workdirs", "refine", "train",
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
     "data", "simulate", "locs", "fits",
-    "shapes", "outputs", "plots", "metrics", "symmetry", "poses", "pointfile", "model", "render", "rotations", "loss",
+    "shapes", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render", "rotations", "loss",
     "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
 # fmt: on

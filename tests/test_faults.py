@@ -197,6 +197,9 @@ def test_resuming_with_a_config_that_changes_the_run_lists_the_fields(tmp_path):
     # more steps and other intervals are safe: it resumes
     proc = _launch(tmp_path, "--config.train.steps=16", "--config.train.log_every=4", *quiet)
     assert proc.returncode == 0 and "resuming at step 8" in proc.stdout, proc.stderr
+    proc = _launch(tmp_path, "--config.train.steps=8", *quiet)  # fewer steps than the run has taken
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "holds a run at step 16, beyond the 8 steps asked for" in proc.stderr
 
 
 def test_an_unexpected_exception_is_one_line_and_its_traceback_goes_to_run_log(tmp_path):

@@ -99,15 +99,38 @@ def test_a_pose_that_differs_by_a_symmetry_has_no_error_and_planted_errors_come_
     # what a network would predict for the learned cloud: E = F^m R_pred F^m R_a^T = R_true g tilt
     E = np.einsum("bij,bjk,bkl->bil", R_true, g, tilt.as_matrix())
     R_pred = np.einsum("ij,bjk,kl->bil", M, E @ alignment.R, M)
-    error = poses.rotation_error(R_true, R_pred, (alignment.R, alignment.mirrored), group)
+    error = poses.rotation_error(R_true, R_pred, [(alignment.R, alignment.mirrored)], group)
     np.testing.assert_allclose(error.errors_deg, tilt_deg, atol=0.05)
     exact = poses.rotation_error(
-        R_true, np.einsum("ij,bjk,kl->bil", M, R_true @ g @ alignment.R, M), (alignment.R, alignment.mirrored), group
+        R_true, np.einsum("ij,bjk,kl->bil", M, R_true @ g @ alignment.R, M), [(alignment.R, alignment.mirrored)], group
     )
     assert exact.errors_deg.max() < 0.05
     # without the group, the same exact poses are wrong wherever g is not the identity
     plain = poses.rotation_error(
-        R_true, np.einsum("ij,bjk,kl->bil", M, R_true @ g @ alignment.R, M), (alignment.R, alignment.mirrored)
+        R_true, np.einsum("ij,bjk,kl->bil", M, R_true @ g @ alignment.R, M), [(alignment.R, alignment.mirrored)]
     )
     is_identity = np.isclose(np.trace(g, axis1=1, axis2=2), 3.0)
     assert np.all(plain.errors_deg[~is_identity] > 40) and plain.errors_deg[is_identity].max() < 0.05
+
+
+def test_an_achiral_truth_accepts_poses_of_either_handedness():
+    chiral = _orbit(_dihedral(4))
+    truth = np.concatenate([chiral, chiral @ metrics.MIRROR])  # its own mirror image: achiral
+    found = symmetry.find(truth @ TURN.T)
+    assert found.mirror is not None and symmetry.find(chiral @ TURN.T).mirror is None
+    truth = truth @ TURN.T
+    truth -= truth.mean(0)
+    R_a = Rotation.random(random_state=5).as_matrix()
+    learned = truth @ R_a  # truth = R_a learned: the alignment (R_a, unmirrored) maps it exactly
+    R_true = _poses(32, 6)
+    g = found.rotations_Gx3x3[np.random.default_rng(7).integers(len(found.rotations_Gx3x3), size=32)]
+    F = metrics.MIRROR
+    # the other family: F R_pred Y = R_true g S X with S = mirror F, so the same images (a projection drops z)
+    R_pred = np.einsum("ij,bjk,kl->bil", F, R_true @ g @ found.mirror @ F, R_a)
+    projected = lambda R, x: np.einsum("bij,nj->bni", R, x)[..., :2]
+    np.testing.assert_allclose(projected(R_pred, learned), projected(R_true @ g @ found.mirror @ F, truth), atol=1e-9)
+    frames = poses.cloud_frames(R_a, False, found.mirror)
+    assert len(frames) == 2
+    assert poses.rotation_error(R_true, R_pred, frames, found.rotations_Gx3x3).errors_deg.max() < 0.5
+    one = poses.rotation_error(R_true, R_pred, frames[:1], found.rotations_Gx3x3)
+    assert np.median(one.errors_deg) > 10  # judged in one handedness only, the same poses look wrong
