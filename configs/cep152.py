@@ -8,7 +8,8 @@ PATH/TO/images holds one subfolder per sigma of the list (``10.0``, ``9.0``, ``8
 ``09``, ...), each with the same 128x128 FITS renders, or the FITS images themselves, which are then
 blurred on the device at the schedule's sigma. About 40,000 images; use a GPU. With ``:locs`` the
 path is a localisation table (Picasso HDF5 with picked groups, or ThunderSTORM CSV with a ``group``
-column): each particle is drawn on the fly at ``data.pixel_nm`` nm per pixel, no pre-rendering.
+or ``cluster_label`` column): each particle is drawn on the fly, no pre-rendering, at ``data.pixel_nm``
+nm per pixel (0: chosen from the particles' size; README "Units").
 """
 
 from configs import default

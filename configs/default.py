@@ -13,8 +13,14 @@ data     where images come from: ``source`` "simulated" or "fits".
          original's --fitspath; test and valid images are drawn from it and
          train_size (0: all the rest) caps the training images. For
          "locs", ``path`` is a ThunderSTORM CSV or Picasso HDF5 file: each
-         particle (group) is drawn on the fly at ``pixel_nm`` nm per pixel,
-         centred and turned by a random in-plane angle. Sizes count base items;
+         particle (group, or locan's cluster_label) is drawn on the fly,
+         centred and turned by a random in-plane angle; ``one_particle``: a
+         file with no group column is one particle; ``file_type``: a format
+         locan reads (rapidstorm, elyra, smap, decode, smlm, nanoimager;
+         needs ``pip install locan``), else by suffix. ``pixel_nm``: nm per
+         image pixel, which sets the run's scale (nm per object unit =
+         pixel_nm * H / 4) and the outputs in nm; 0: unitless for simulated
+         and FITS data, chosen from the particles' size for "locs". Sizes count base items;
          with ``num_aug`` > 1 each base item gives num_aug in-plane rotated
          images (the original's --aug --num-aug). ``allocation``: optional file
          of base-item indices per split (lines ``train: 0 5 ...``).
@@ -61,7 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.source = "simulated"
     config.data.object = "objs/asymmetric.obj"
     config.data.path = ""
-    config.data.pixel_nm = 10.0
+    config.data.pixel_nm = 0.0
+    config.data.one_particle = False
+    config.data.file_type = ""
     config.data.image_height = 128
     config.data.image_width = 128
     config.data.train_size = 50000

@@ -56,6 +56,27 @@ class Dataset(NamedTuple):
     size: tuple[int, int]
     source: str = "simulated"
     fits_images: fits.FitsImages | None = None  # the image folders of a FITS data set
+    scale: Scale | None = None  # nm per object unit, and how it was set
+    groups: np.ndarray | None = None  # localisation particles: each item's group id in the file
+
+
+class Scale(NamedTuple):
+    """nm per object unit (None: unitless, object units only) and how it was set (docs/method.md §7)."""
+
+    nm_per_unit: float | None
+    how: str
+
+    def pixel_nm(self, height: int) -> float | None:
+        """nm per image pixel: one object unit spans H/4 pixels."""
+        return None if self.nm_per_unit is None else self.nm_per_unit / (height / 4.0)
+
+
+def scale_of(cfg: ml_collections.ConfigDict) -> Scale:
+    """The scale ``data.pixel_nm`` sets (0: unitless)."""
+    h = image_size(cfg)[0]
+    if cfg.data.pixel_nm > 0:
+        return Scale(float(cfg.data.pixel_nm) * h / 4.0, f"data.pixel_nm = {cfg.data.pixel_nm:g} nm per pixel, H = {h}")
+    return Scale(None, "unitless: set data.pixel_nm (nm per image pixel) for outputs in nm")
 
 
 SOURCES = ("simulated", "fits", "locs")
@@ -112,7 +133,7 @@ def load(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None
     check_batching(batch_size, len(splits["train"]), len(splits["test"]))
     table = simulate.make_table_jit(k_table, sum(sizes.values()), opts)
     arrays = SimulatedArrays(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
-    return Dataset(arrays, splits, opts, image_size(cfg))
+    return Dataset(arrays, splits, opts, image_size(cfg), scale=scale_of(cfg))
 
 
 def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None) -> Dataset:
@@ -141,7 +162,7 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
     else:
         images = fits.FitsImages([path] * len(sig), blur=True, size=image_size(cfg), cache_dir=cache_dir)
     splits = real_splits(cfg, len(images), batch_size, path)
-    return Dataset(FitsArrays(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", images)
+    return Dataset(FitsArrays(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", images, scale_of(cfg))
 
 
 def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source) -> dict[str, np.ndarray]:
@@ -155,24 +176,31 @@ def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source)
     n_train = n - n_test - n_valid
     if cfg.data.train_size > 0:
         n_train = min(n_train, int(cfg.data.train_size))
-    if batch_size <= 0 or batch_size > n_train:
-        raise InputError(None, f"batch size {batch_size} does not fit the {n_train} training items")
     order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), salts.DATA), n))
     splits = {
         "test": order[:n_test],
         "valid": order[n_test : n_test + n_valid],
         "train": order[n_test + n_valid : n_test + n_valid + n_train],
     }
+    if batch_size <= 0 or batch_size > len(splits["train"]):
+        raise InputError(None, f"batch size {batch_size} does not fit the {len(splits['train'])} training items")
     return {k: v.astype(np.int32) for k, v in splits.items()}
 
 
 def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
-    """Particles of a localisation file (``data.path``), drawn with ``data.pixel_nm`` nm per image pixel."""
+    """Particles of a localisation file (``data.path``), drawn with ``data.pixel_nm`` nm per image pixel
+    (0: the scale at which the particles are the size of the bundled shapes, ``locs.auto_nm_per_unit``)."""
     if not cfg.data.path:
         raise InputError(None, "config.data.path is empty: give a localisation file (.csv or .hdf5)")
-    parts = locs.particles(locs.read(cfg.data.path), cfg.data.path)
+    parts = locs.particles(
+        locs.read(cfg.data.path, bool(cfg.data.one_particle), str(cfg.data.file_type)), cfg.data.path
+    )
     h, w = image_size(cfg)
-    units_per_nm = 1.0 / (cfg.data.pixel_nm * h / 4.0)  # an object unit spans H/4 pixels (docs/method.md §7)
+    scale = scale_of(cfg)
+    if scale.nm_per_unit is None:
+        nm = locs.auto_nm_per_unit(parts)
+        scale = Scale(nm, f"from the data: 90% of localisations within 1.25 units of their particle's mean (H = {h})")
+    units_per_nm = 1.0 / scale.nm_per_unit  # an object unit spans H/4 pixels (docs/method.md §7)
     arrays = LocsArrays(
         jnp.asarray(parts.xy_PxLx2 * units_per_nm),
         jnp.asarray(parts.mask_PxL),
@@ -180,7 +208,15 @@ def load_locs(cfg: ml_collections.ConfigDict, batch_size: int) -> Dataset:
         jax.random.fold_in(jax.random.key(cfg.seed), salts.LOCS_ANGLES),
     )
     splits = real_splits(cfg, len(parts.groups), batch_size, cfg.data.path)
-    return Dataset(arrays, splits, None, (h, w), "locs")
+    return Dataset(arrays, splits, None, (h, w), "locs", scale=scale, groups=parts.groups)
+
+
+def in_plane(d: LocsArrays, idx_B: jax.Array, step: jax.Array) -> jax.Array:
+    """The in-plane turns (B x 3 x 3, about z) particles idx_B are drawn at at ``step``: a pose predicted from
+    such an image is R_in_plane @ R_particle, with R_particle the pose of the particle as the file has it."""
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(d.key, step), idx_B)
+    angles = jax.vmap(lambda k: jax.random.uniform(k, (), maxval=2 * jnp.pi))(keys)
+    return jax.vmap(lambda a: rotations.quaternion_to_matrix(rotations.z_rotation_quaternion(a)))(angles)
 
 
 def render_particles(
@@ -189,9 +225,7 @@ def render_particles(
     """Particles idx_B drawn at sigma, each turned by a random in-plane angle drawn from (key, step, particle):
     the same particle at the same step is the same image."""
     b = idx_B.shape[0]
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(d.key, step), idx_B)
-    angles = jax.vmap(lambda k: jax.random.uniform(k, (), maxval=2 * jnp.pi))(keys)
-    R = jax.vmap(lambda a: rotations.quaternion_to_matrix(rotations.z_rotation_quaternion(a)))(angles)
+    R = in_plane(d, idx_B, step)
     xy = d.xy_PxLx2[idx_B]
     points = jnp.concatenate([xy, jnp.zeros(xy.shape[:-1] + (1,), xy.dtype)], axis=-1)
     return render.render_items(points, R, jnp.zeros((b, 2)), jnp.full((b,), sigma), d.mask_PxL[idx_B], size)

@@ -3,7 +3,8 @@
 ``evaluate(setup, state, workdir)`` writes ``WORKDIR/eval/``: ``metrics.json``
 (aligned Chamfer and Hausdorff distances, the truth's symmetry, rotation
 errors of the predicted poses in the cloud's frame and modulo that symmetry,
-held-out loss; docs/method.md §8), ``poses.csv`` (every pose behind them), the
+held-out loss; docs/method.md §8), ``poses.csv`` (every pose behind them; for real data every
+particle's or image's pose, keyed by its group id or file name), the
 aligned cloud beside the ground truth as PLY, pictures, an animation, and
 ``WORKDIR/report.html``. It needs the run's setup and state, not how they
 were made: the pipeline hands them over after training, or reads them back
@@ -94,6 +95,40 @@ def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.nd
     return np.asarray(_matrices_from_quaternion(frames.reshape(-1, 4)))
 
 
+def item_names(setup: Setup) -> list[str] | None:
+    """What poses.csv calls each item: FITS file names, localisation group ids, else the index."""
+    if setup.ds.fits_images is not None:
+        return [Path(f).name for f in setup.ds.fits_images.load(setup.ds.fits_images.entry_folders[0]).files]
+    if setup.ds.groups is not None:
+        return [str(g) for g in setup.ds.groups]
+    return None
+
+
+def file_frame(setup: Setup, idx: np.ndarray, R_Bx3x3, t_Bx2) -> tuple[np.ndarray, np.ndarray]:
+    """Poses predicted from images of items ``idx`` (drawn at step 0) in the items' own frame: for
+    localisation particles, the in-plane turn they were drawn at undone (data.in_plane); else unchanged."""
+    R_Bx3x3, t_Bx2 = np.asarray(R_Bx3x3, np.float64), np.asarray(t_Bx2, np.float64)
+    if setup.ds.source != "locs":
+        return R_Bx3x3, t_Bx2
+    turn = np.asarray(data.in_plane(setup.ds.arrays, jnp.asarray(idx), jnp.int32(0)), np.float64)
+    R = np.einsum("bji,bjk->bik", turn, R_Bx3x3)
+    t = np.einsum("bji,bj->bi", turn[:, :2, :2], t_Bx2)
+    return R, t
+
+
+def training_poses(setup: Setup, predictor: forward.Predictor, sigma: float, table: PoseTable) -> None:
+    """Real data: the network's pose of every training particle or image, as ``train`` rows of ``table``."""
+    if setup.ds.source == "simulated":
+        return
+    idx = np.asarray(setup.ds.splits["train"])
+    for start in range(0, len(idx), 1024):  # bounded memory on the host
+        part = idx[start : start + 1024]
+        targets, _ = images_of(setup, part, sigma)
+        pred = predictor(targets, sigma)
+        R, t = file_frame(setup, part, pred.pose.R_Bx3x3, pred.pose.t_Bx2)
+        table.add("train", part, R, t, pred.sigma_B, pred.loss_B, None, None)
+
+
 def pose_errors(
     setup: Setup,
     predictor: forward.Predictor,
@@ -129,9 +164,11 @@ def pose_errors(
 
 class PoseTable:
     """``eval/poses.csv``: one row per image and source of poses (held-out and training images by the
-    network, the refinement table's rows): item (or FITS file), the predicted rotation as a quaternion
-    (w, x, y, z) and a rotation vector (radians), translation, sigma, loss and, for simulated data, the
-    true rotation and the symmetry-aware error in degrees."""
+    network, the refinement table's rows): item (a localisation particle's group id, a FITS file name), the
+    predicted rotation as a quaternion (w, x, y, z) and a rotation vector (radians), translation (object
+    units, and nm where the run has a scale), sigma, loss and, for simulated data, the true rotation and
+    the symmetry-aware error in degrees. A localisation particle's pose is in the file's own frame: the
+    in-plane turn it was drawn at is undone."""
 
     HEADER = [
         "split",
@@ -145,6 +182,8 @@ class PoseTable:
         "rz",
         "tx",
         "ty",
+        "tx_nm",
+        "ty_nm",
         "sigma",
         "loss",
         "true_qw",
@@ -154,8 +193,8 @@ class PoseTable:
         "error_deg",
     ]
 
-    def __init__(self, names: list[str] | None = None):
-        self.names, self.rows = names, []
+    def __init__(self, names: list[str] | None = None, nm_per_unit: float | None = None):
+        self.names, self.nm_per_unit, self.rows = names, nm_per_unit, []
 
     def add(self, split, items, R_Bx3x3, t_Bx2, sigma_B, loss_B, R_true_Bx3x3, errors_deg) -> None:
         rot = Rotation.from_matrix(np.asarray(R_Bx3x3, np.float64))
@@ -175,6 +214,7 @@ class PoseTable:
                     *q[i],
                     *rv[i],
                     *t[i],
+                    *(t[i] * self.nm_per_unit if self.nm_per_unit else ["", ""]),
                     sigma[i],
                     "" if loss_B is None else float(np.asarray(loss_B)[i]),
                     *(true_q[i] if true_q is not None else [""] * 4),
@@ -218,11 +258,9 @@ def evaluate(
         results["refine_step"] = int(refined.step)
 
     frame, group = None, np.eye(3)[None]
-    table = PoseTable(
-        [Path(f).name for f in setup.ds.fits_images.load(setup.ds.fits_images.entry_folders[0]).files]
-        if setup.ds.fits_images is not None
-        else None
-    )
+    table = PoseTable(item_names(setup), setup.ds.scale.nm_per_unit if setup.ds.scale else None)
+    if setup.ds.scale is not None:
+        results["nm_per_unit"] = setup.ds.scale.nm_per_unit
     if truth_Mx3 is not None:
         alignment = metrics.align(learned, truth_Mx3, seed=int(setup.cfg.seed))
         aligned = alignment.apply(learned)
@@ -258,7 +296,8 @@ def evaluate(
             error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group)
             results.update(error.summary())
             errors = error.errors_deg
-        table.add("heldout", idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2, pred.sigma_B, pred.loss_B, R_true, errors)
+        R, t = file_frame(setup, idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2)
+        table.add("heldout", idx, R, t, pred.sigma_B, pred.loss_B, R_true, errors)
         results.update(
             {
                 "heldout_images": len(targets),
@@ -280,6 +319,7 @@ def evaluate(
         )
 
     results.update(pose_errors(setup, predictor, sigma, frame, group, table, refined))
+    training_poses(setup, predictor, sigma, table)
     table.write(out / "poses.csv")
 
     if truth_Mx3 is not None and len(rotations_given):

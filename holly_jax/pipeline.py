@@ -1,6 +1,7 @@
 """The pipeline: training, then the optional phases, then evaluation; the one place that knows their order.
 
-    fit(cfg, workdir)                  train (or resume), then refine if the config asks; final.ply
+    fit(cfg, workdir)                  train (or resume), then refine if the config asks; final.ply, and the
+                                       final cloud in nm where the run has a scale (exports.py)
     train_and_evaluate(cfg, workdir)   fit, then (train.report) evaluate and write report.html
     evaluate_workdir(workdir)          evaluate a run read back from its workdir
 
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from holly_jax import checkpoints, evaluate, outputs, refine, train, workdirs
+from holly_jax import checkpoints, evaluate, exports, forward, outputs, refine, train, workdirs
 from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
 
@@ -56,6 +57,7 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
         tqdm.write("training goes on from a checkpoint before the refinement: the refinement will be redone")
     if primary:
         outputs.write_json(workdir / "config.json", cfg.to_dict())
+        outputs.write_json(workdir / "scale.json", scale_record(setup))
     rec = outputs.Recorder(
         workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step))
     )
@@ -67,9 +69,21 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     if images is not None and images.skipped:
         rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
     if primary:
-        outputs.write_shape(workdir, "final", np.asarray(state.params["points"]), subfolders=False)
+        points = np.asarray(state.params["points"])
+        outputs.write_shape(workdir, "final", points, subfolders=False)
+        scale = setup.ds.scale
+        pixel_nm = scale.pixel_nm(setup.ds.size[0])
+        sigma_nm = None if pixel_nm is None else forward.final_sigma(setup) * pixel_nm
+        written = exports.write_all(workdir, points, scale.nm_per_unit, sigma_nm)
+        rec.say(f"in nm: {', '.join(written)} ({scale.nm_per_unit:.4g} nm per unit)" if written else scale.how)
     rec.close()
     return workdirs.Saved(setup, state, refined)
+
+
+def scale_record(setup) -> dict:
+    """``scale.json``: nm per object unit and per image pixel (null: unitless), and how they were set."""
+    scale, height = setup.ds.scale, setup.ds.size[0]
+    return {"nm_per_unit": scale.nm_per_unit, "pixel_nm": scale.pixel_nm(height), "how": scale.how}
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> train.TrainState:

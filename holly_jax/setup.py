@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from holly_jax import data, loss, model, points
+from holly_jax import data, locs, loss, model, points
 from holly_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -76,7 +76,7 @@ _FRACTION = Bounds(0, 1)
 # Every numeric field of configs/default.py and its range (tests/test_setup.py checks that none is missing).
 BOUNDS: dict[str, Bounds] = {
     "seed": Bounds(0, 2**32 - 1, integer=True),
-    "data.pixel_nm": _POSITIVE,
+    "data.pixel_nm": Bounds(0),
     "data.image_height": Bounds(8, integer=True),
     "data.image_width": Bounds(8, integer=True),
     "data.train_size": _SIZE,
@@ -137,6 +137,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             raise InputError(None, f"config.{name} must be {bounds.describe()}, got {value}")
     choices = (
         ("data.source", cfg.data.source, data.SOURCES),
+        ("data.file_type", str(cfg.data.file_type).lower(), ("", *locs.LOCAN_TYPES)),
         ("train.normalise", cfg.train.normalise, loss.NORMALISATIONS),
         ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),

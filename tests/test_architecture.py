@@ -18,9 +18,9 @@ LAYERS = [
     "sweep", "pipeline", "infer",
     "evaluate", "workdirs", "refine", "train",
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
-    "data", "simulate", "locs", "fits",
-    "shapes", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render", "rotations", "loss",
-    "schedule", "points", "salts", "atomic", "faults", "errors",
+    "data", "simulate", "locsim", "exports", "locs", "fits",
+    "shapes", "volume", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render",
+    "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
 # fmt: on
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
