@@ -1,6 +1,7 @@
 """holly-jax launcher.
 
     python launch.py --config=configs/quick.py --workdir=runs/quick [--config.train.epochs=2 ...]   # train / resume
+    python launch.py --mode=halves --config=configs/quick.py --workdir=runs/quick_halves   # half-set FSC
     python launch.py --mode=evaluate --workdir=runs/quick [--truth=shape.obj] [--pose=euler:90,0,0 ...]
     python launch.py --mode=infer --workdir=runs/quick --input=image.fits|folder [--output=DIR]
     python launch.py --mode=render --object=shape.obj --pose=euler:30,0,0 --sigma=2 --size=128 --output=out.fits
@@ -24,7 +25,7 @@ from holly_jax import evaluate, infer, outputs, pipeline
 from holly_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "infer", "render"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "halves", "evaluate", "infer", "render"], "What to do.")
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints and outputs; rerunning train resumes from it.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), for --mode=train.", lock_config=True)
 flags.DEFINE_string("truth", None, "evaluate: ground-truth OBJ/PLY (default: the run's data.object).")
@@ -100,7 +101,7 @@ def main(argv):
     workdir = Path(FLAGS.workdir) if FLAGS.workdir else None
     if workdir is not None and workdir.exists() and not workdir.is_dir():
         fail(f"{workdir}: exists and is not a folder: --workdir must name a folder")
-    keep_log = workdir is not None and (FLAGS.mode == "train" or workdir.is_dir())
+    keep_log = workdir is not None and (FLAGS.mode in ("train", "halves") or workdir.is_dir())
     with contextlib.ExitStack() as stack:
         log = None
         if keep_log:
@@ -138,6 +139,9 @@ def run_mode() -> None:
     if FLAGS.mode == "train":
         require("config", "workdir")
         pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "halves":
+        require("config", "workdir")
+        pipeline.halves(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "evaluate":
         require("workdir")
         pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.truth, FLAGS.pose or evaluate.DEFAULT_POSES)

@@ -52,6 +52,11 @@ refine   per-image pose refinement after training (auto-decoding):
          images (0: the training batch) at the schedule's final sigma;
          ``lr`` for the poses (rotation vectors and translations), ``plr``
          for the points (unset: optim.plr, else optim.lr).
+halves   gold-standard half-set runs (``launch.py --mode=halves``):
+         ``half`` 1 or 2 trains on that half of the training items only (a
+         seeded split; 0: all); ``voxel``: the FSC volumes' voxel size (nm
+         where the run has a scale, else object units; 0: a third of the
+         final render width).
 """
 
 import ml_collections
@@ -135,4 +140,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.refine.batch_size = 0
     config.refine.lr = 3e-3
     config.refine.plr = config_dict.placeholder(float)
+
+    # Half-set FSC
+    config.halves = ml_collections.ConfigDict()
+    config.halves.half = 0
+    config.halves.voxel = 0.0
     return config

@@ -130,6 +130,7 @@ def load(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path | None
     allocation = simulate.read_allocation(cfg.data.allocation) if cfg.data.allocation else None
     k_table, k_split = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salts.DATA))
     splits = simulate.split(k_split, sizes, opts.num_aug, allocation)
+    splits["train"] = half_of(cfg, splits["train"], batch_size, opts.num_aug, whole_batches=True)
     check_batching(batch_size, len(splits["train"]), len(splits["test"]))
     table = simulate.make_table_jit(k_table, sum(sizes.values()), opts)
     arrays = SimulatedArrays(jnp.asarray(gt), table, jnp.asarray(sigmas(cfg)))
@@ -165,6 +166,30 @@ def load_fits(cfg: ml_collections.ConfigDict, batch_size: int, cache_dir: Path |
     return Dataset(FitsArrays(jnp.asarray(sig)), splits, None, image_size(cfg), "fits", images, scale_of(cfg))
 
 
+def half_of(
+    cfg: ml_collections.ConfigDict, train: np.ndarray, batch_size: int, num_aug: int = 1, whole_batches: bool = False
+) -> np.ndarray:
+    """The training items of half ``halves.half`` (1 or 2; 0: all): the base items (``num_aug`` copies
+    each) split into two disjoint halves of equal size by a permutation keyed by the seed alone, so both
+    halves of one seed agree on the split (``whole_batches``: each half a whole number of batches)."""
+    half = int(cfg.halves.half)
+    if half == 0:
+        return train
+    bases = np.unique(np.asarray(train) // num_aug)
+    m = len(bases) // 2
+    if whole_batches:
+        m -= m % (batch_size // np.gcd(batch_size, num_aug))
+    if m * num_aug < max(2, batch_size):
+        raise InputError(
+            None,
+            f"{len(bases)} training items are too few to split into halves: each half needs at least "
+            f"{max(2, batch_size)} (the batch size), so at least {2 * max(2, batch_size)} in all",
+        )
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed), salts.HALVES), len(bases)))
+    chosen = bases[order[:m] if half == 1 else order[m : 2 * m]]
+    return np.asarray(train)[np.isin(np.asarray(train) // num_aug, chosen)]
+
+
 def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source) -> dict[str, np.ndarray]:
     """Test and validation items drawn from n real images or particles; training takes the rest
     (at most ``data.train_size`` when positive)."""
@@ -180,7 +205,7 @@ def real_splits(cfg: ml_collections.ConfigDict, n: int, batch_size: int, source)
     splits = {
         "test": order[:n_test],
         "valid": order[n_test : n_test + n_valid],
-        "train": order[n_test + n_valid : n_test + n_valid + n_train],
+        "train": half_of(cfg, order[n_test + n_valid : n_test + n_valid + n_train], batch_size),
     }
     if batch_size <= 0 or batch_size > len(splits["train"]):
         raise InputError(None, f"batch size {batch_size} does not fit the {len(splits['train'])} training items")

@@ -4,6 +4,8 @@
                                        final cloud in nm where the run has a scale (exports.py)
     train_and_evaluate(cfg, workdir)   fit, then (train.report) evaluate and write report.html
     evaluate_workdir(workdir)          evaluate a run read back from its workdir
+    halves(cfg, workdir)               fit each half of the data into workdir/half_A, half_B (each
+                                       resumes), then the half-set FSC into workdir/eval (halfsets.py)
 
 Each phase is a module that imports only what lies below it (setup, data,
 forward pass, loop driver, checkpoints); this module imports the phases, and
@@ -23,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from holly_jax import checkpoints, evaluate, exports, forward, outputs, refine, train, workdirs
+from holly_jax import checkpoints, evaluate, exports, forward, halfsets, outputs, pointfile, refine, train, workdirs
 from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
 
@@ -117,3 +119,46 @@ def evaluate_workdir(
             quiet,
             saved.refined,
         )
+
+
+HALVES = ("half_A", "half_B")
+
+
+def halves(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Gold-standard half-set run: ``fit`` the config on each half of the training items (``halves.half``
+    1 and 2: disjoint, seeded, independent initialisations) into ``workdir/half_A`` and ``half_B``, then
+    compare their clouds (``halfsets.compare``) into ``workdir/eval``; returns the FSC results."""
+    workdir = Path(workdir)
+    primary = jax.process_index() == 0
+    with workdirs.locked(workdir, primary):
+        if primary:
+            outputs.write_json(workdir / "config.json", cfg.to_dict())
+        runs = []
+        for half, name in enumerate(HALVES, start=1):
+            half_cfg = ml_collections.ConfigDict(cfg.to_dict())
+            half_cfg.halves.half = half
+            half_cfg.train.report = False
+            tqdm.write(f"{name}: {workdir / name}")
+            runs.append(fit(half_cfg, workdir / name))
+        if not primary:
+            return {}
+        return compare_halves(workdir, runs[0].setup, *(np.asarray(r.state.params["points"]) for r in runs))
+
+
+def compare_halves(workdir: Path, setup, cloud_a: np.ndarray, cloud_b: np.ndarray) -> dict[str, Any]:
+    """The half-set FSC of two halves' clouds, with ``setup``'s scale, final sigma and ground truth."""
+    h = setup.ds.size[0]
+    sigma = forward.final_sigma(setup) / (h / 4.0)  # px to object units
+    scale = setup.ds.scale.nm_per_unit
+    voxel = float(setup.cfg.halves.voxel)
+    voxel = sigma / 3 if voxel == 0 else voxel / (scale or 1.0)
+    truth = pointfile.read_points(setup.cfg.data.object) if setup.ds.source == "simulated" else None
+    results = halfsets.compare(workdir / "eval", cloud_a, cloud_b, sigma, voxel, scale, truth, int(setup.cfg.seed))
+    unit = results["unit"]
+    bound = "<= " if results["resolution_0.143_at_nyquist"] else ""
+    line = f"half-set FSC resolution: {bound}{results['resolution_0.143']:.4g} {unit} at 0.143"
+    line += f", {results['resolution_0.5']:.4g} {unit} at 0.5"
+    if "truth_resolution_0.5" in results:
+        line += f"; against the ground truth {results['truth_resolution_0.5']:.4g} {unit} at 0.5"
+    tqdm.write(f"{line} ({workdir / 'eval' / 'fsc.png'})")
+    return results

@@ -143,3 +143,27 @@ def save_cloud_views(
     if title:
         fig.suptitle(title)
     _save_figure(fig, path)
+
+
+def save_fsc(
+    path: PathLike,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    thresholds: Sequence[float],
+    unit: str,
+    title: str = "",
+) -> None:
+    """FSC curves (label: (frequency, fsc)) against spatial frequency, with threshold lines."""
+    fig, ax = _figure(1, 1, figsize=(7, 4.5))
+    for label, (freq, fsc) in curves.items():
+        ax.plot(freq, fsc, label=label, marker="." if len(freq) < 40 else None)
+    for t in thresholds:
+        ax.axhline(t, color="0.5", lw=0.8, ls="--")
+        ax.text(0, t, f" {t:.3g}", va="bottom", color="0.4", fontsize=8)
+    ax.set_xlabel(f"spatial frequency (1/{unit})")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.2, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    _save_figure(fig, path)

@@ -8,3 +8,4 @@ DATA = 1  # the simulated item table and the split of items or images into train
 EPOCH_ORDER = 2  # the training items' shuffled order in each epoch
 REFINE_ORDER = 3  # the refinement table rows' shuffled order in each refinement epoch
 LOCS_ANGLES = 4  # the in-plane angle each localisation particle is drawn at, per step
+HALVES = 5  # the split of the training items into two halves for a half-set run

@@ -78,6 +78,8 @@ BOUNDS: dict[str, Bounds] = {
     "seed": Bounds(0, 2**32 - 1, integer=True),
     "data.pixel_nm": Bounds(0),
     "data.image_height": Bounds(8, integer=True),
+    "halves.half": Bounds(0, 2, integer=True),
+    "halves.voxel": Bounds(0),
     "data.image_width": Bounds(8, integer=True),
     "data.train_size": _SIZE,
     "data.test_size": _SIZE,
@@ -118,6 +120,13 @@ def field(cfg: ml_collections.ConfigDict, dotted: str):
     for name in dotted.split("."):
         cfg = cfg[name]
     return cfg
+
+
+def init_seed(cfg: ml_collections.ConfigDict) -> int:
+    """The seed of the network's weights and the starting points: ``seed``, or for a half-set run another
+    seed per half, so that the two halves start independently (docs/method.md §8)."""
+    half = int(cfg.halves.half)
+    return int(cfg.seed) if half == 0 else (int(cfg.seed) + half * 1_000_003) % 2**32
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from holly_jax import checkpoints, data, faults, forward, input_pipeline, loop, optim, outputs, plots, pointfile, points
-from holly_jax.setup import Setup
+from holly_jax.setup import Setup, init_seed
 
 
 class TrainState(train_state.TrainState):
@@ -34,13 +34,13 @@ def initial_points(setup: Setup) -> np.ndarray:
     cfg = setup.cfg
     if setup.pose_only:
         return pointfile.read_points(cfg.points.fixed)
-    return points.init_points(int(cfg.points.num), cfg.points.init, int(cfg.seed))
+    return points.init_points(int(cfg.points.num), cfg.points.init, init_seed(cfg))
 
 
 def create_state(setup: Setup, points_Nx3: np.ndarray) -> TrainState:
     h, w = setup.ds.size
     variables = jax.jit(setup.net.init, static_argnames="train")(
-        jax.random.key(setup.cfg.seed), jnp.zeros((1, h, w)), train=False
+        jax.random.key(init_seed(setup.cfg)), jnp.zeros((1, h, w)), train=False
     )
     pts = jnp.asarray(points_Nx3, jnp.float32)
     return TrainState.create(

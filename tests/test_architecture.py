@@ -16,10 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "holly_jax"
 # fmt: off
 LAYERS = [
     "sweep", "pipeline", "infer",
-    "evaluate", "workdirs", "refine", "train",
+    "evaluate", "halfsets", "workdirs", "refine", "train",
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
     "data", "simulate", "locsim", "exports", "locs", "fits",
-    "shapes", "volume", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render",
+    "shapes", "fsc", "volume", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render",
     "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
 # fmt: on
