@@ -362,6 +362,7 @@ def write_report(workdir: Path, results: dict[str, Any] | None = None) -> None:
         ("Held-out inputs | outputs", "eval/pairs.png"),
         ("Ground truth at given poses | output", "eval/poses.png"),
         ("Tour of random rotations: input | output", "eval/animation.gif"),
+        ("Half-set FSC (half A against half B; the average against the ground truth)", "eval/fsc.png"),
     ]
     parts = [
         "<!doctype html><meta charset='utf-8'><title>holly-jax report</title>",

@@ -160,5 +160,6 @@ def compare_halves(workdir: Path, setup, cloud_a: np.ndarray, cloud_b: np.ndarra
     line += f", {results['resolution_0.5']:.4g} {unit} at 0.5"
     if "truth_resolution_0.5" in results:
         line += f"; against the ground truth {results['truth_resolution_0.5']:.4g} {unit} at 0.5"
-    tqdm.write(f"{line} ({workdir / 'eval' / 'fsc.png'})")
+    evaluate.write_report(workdir, results)
+    tqdm.write(f"{line} ({workdir / 'report.html'})")
     return results

@@ -164,3 +164,4 @@ def test_halves_run_killed_resumes_to_the_same_result(tmp_path):
     want = json.loads((tmp_path / "whole" / "eval" / "fsc.json").read_text())
     assert got["resolution_0.143"] == pytest.approx(want["resolution_0.143"], rel=1e-3)
     assert "truth_resolution_0.5" in got and got["unit"] == "object units"
+    assert "eval/fsc.png" in (tmp_path / "killed" / "report.html").read_text()
