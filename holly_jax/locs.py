@@ -270,7 +270,8 @@ def read_picasso(path: Path) -> dict:
                 wanted = [c for c in ("x", "y", "lpx", "lpy", "sx", "sy", "photons", "frame", "group") if c in names]
                 if "x" not in names or "y" not in names:
                     raise InputError(path, f"'locs' table has no '{'x' if 'x' not in names else 'y'}' column")
-                table = {c: node.fields(c)[...] for c in wanted}
+                block = node.fields(wanted)[...]  # one pass over the file, only the columns used
+                table = {c: block[c] for c in wanted}
             else:
                 table = None  # not h5py's compound layout: pandas' (PyTables) layout
     except OSError as e:
