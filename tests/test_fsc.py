@@ -151,6 +151,7 @@ def test_compare_two_noisy_copies(tmp_path):
 def _halves(workdir, env=None):
     cmd = [sys.executable, str(REPO / "launch.py"), "--mode=halves", "--config=configs/tiny.py"]
     cmd += [f"--workdir={workdir}", "--config.train.epochs=2", "--config.data.train_size=96"]
+    cmd += ["--config.train.save_every=8"]
     return subprocess.run(
         cmd,
         cwd=REPO,
@@ -161,25 +162,21 @@ def _halves(workdir, env=None):
     )
 
 
-def test_halves_run_killed_resumes_to_the_same_result(tmp_path):
-    whole = _halves(tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    assert "half-set FSC resolution" in whole.stdout + whole.stderr
-    killed = _halves(tmp_path / "killed", env={"HOLLY_KILL_AT": "training_step:10"})  # 6 steps per half
-    assert killed.returncode != 0 and not (tmp_path / "killed" / "eval" / "fsc.json").exists()
-    resumed = _halves(tmp_path / "killed")
+def test_halves_run_killed_resumes(tmp_path):
+    """Killed in half B's training, the rerun finds half A done, resumes half B from its checkpoint and
+    compares them (a resumed fit ending as an uninterrupted one is tests/test_faults.py's)."""
+    run = tmp_path / "run"
+    killed = _halves(run, env={"HOLLY_KILL_AT": "training_step:22"})  # 12 steps per half: half B step 10
+    assert killed.returncode != 0 and (run / "half_A" / "final.ply").exists()
+    assert not (run / "half_B" / "final.ply").exists() and not (run / "eval" / "fsc.json").exists()
+    resumed = _halves(run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for name in ("half_A", "half_B"):
-        np.testing.assert_allclose(
-            pointfile.read_points(tmp_path / "killed" / name / "final.ply"),
-            pointfile.read_points(tmp_path / "whole" / name / "final.ply"),
-            atol=1e-5,
-        )
-    a = pointfile.read_points(tmp_path / "whole" / "half_A" / "final.ply")
-    b = pointfile.read_points(tmp_path / "whole" / "half_B" / "final.ply")
+    out = resumed.stdout + resumed.stderr
+    assert "12 steps in all, resuming at step 12" in out  # half A: nothing left to train
+    assert "12 steps in all, resuming at step 8" in out  # half B: from its checkpoint at 8
+    a = pointfile.read_points(run / "half_A" / "final.ply")
+    b = pointfile.read_points(run / "half_B" / "final.ply")
     assert not np.allclose(a, b)  # independent starts and data
-    got = json.loads((tmp_path / "killed" / "eval" / "fsc.json").read_text())
-    want = json.loads((tmp_path / "whole" / "eval" / "fsc.json").read_text())
-    assert got["resolution_0.143"] == pytest.approx(want["resolution_0.143"], rel=1e-3)
-    assert "truth_resolution_0.5" in got and got["unit"] == "object units"
-    assert "eval/fsc.png" in (tmp_path / "killed" / "report.html").read_text()
+    got = json.loads((run / "eval" / "fsc.json").read_text())
+    assert got["resolution_0.143"] > 0 and "truth_resolution_0.5" in got and got["unit"] == "object units"
+    assert "eval/fsc.png" in (run / "report.html").read_text()
