@@ -26,6 +26,9 @@ data     where images come from: ``source`` "simulated" or "fits".
          of base-item indices per split (lines ``train: 0 5 ...``).
 model    the pose network: ``predict_sigma`` (else the schedule's sigma is
          used), ``rotation`` head ("axis_angle" or "6d"), ``dtype``;
+         ``symmetry``: a point group imposed on the cloud ("c1": none, "cN",
+         "dN", "t", "o", "i"; the learned points are one asymmetric unit,
+         drawn under every rotation of the group; points.num counts them all);
          ``num_heads`` K > 1 predicts K pose hypotheses per image and trains
          only the best (winner takes all); 1 is the original.
 points   the learned cloud: ``num`` points, ``init`` ("uniform", "spot",
@@ -91,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Network
     config.model = ml_collections.ConfigDict()
+    config.model.symmetry = "c1"
     config.model.predict_sigma = False
     config.model.rotation = "axis_angle"
     config.model.dtype = "float32"

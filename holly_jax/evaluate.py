@@ -245,7 +245,7 @@ def evaluate(
     rotations_given = np.stack([poses.parse_pose(p) for p in pose_texts]) if pose_texts else np.zeros((0, 3, 3))
     truth_path = truth or (setup.cfg.data.object if setup.ds.source == "simulated" else None)
     truth_Mx3 = pointfile.read_points(truth_path).astype(np.float64) if truth_path else None
-    learned = np.asarray(state.params["points"], np.float64)
+    learned = forward.full_cloud(setup, state.params["points"]).astype(np.float64)
     sigma = forward.final_sigma(setup)
     predictor = forward.Predictor(setup, state)
     results: dict[str, Any] = {

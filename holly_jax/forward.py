@@ -26,6 +26,19 @@ class Prediction(NamedTuple):
     head_B: jax.Array  # the winning head per image (0 with one head)
 
 
+def cloud(setup: Setup, points_Ux3: jax.Array) -> jax.Array:
+    """The drawn cloud: the learned points, or under an imposed group every copy of them (G U x 3;
+    docs/method.md §1)."""
+    if setup.group is None:
+        return points_Ux3
+    return jnp.einsum("gij,uj->gui", jnp.asarray(setup.group, points_Ux3.dtype), points_Ux3).reshape(-1, 3)
+
+
+def full_cloud(setup: Setup, points_Ux3) -> np.ndarray:
+    """``cloud`` on the host, for files and pictures."""
+    return np.asarray(cloud(setup, jnp.asarray(points_Ux3)))
+
+
 def predict(
     setup: Setup, params: Any, batch_stats: Any, targets_BxHxW: jax.Array, sigma_in: jax.Array, train: bool = False
 ) -> Prediction:
@@ -45,13 +58,14 @@ def predict(
         pose, new_stats = net.apply(variables, inputs, train=False), None
     b, k = inputs.shape[0], net.num_heads
     sigma = pose.sigma_B if net.predict_sigma else jnp.full(pose.t_Bx2.shape[:-1], sigma_in)
+    points = cloud(setup, params["points"])
     if k == 1:
-        images = render.render_poses(params["points"], pose.R_Bx3x3, pose.t_Bx2, sigma, size)
+        images = render.render_poses(points, pose.R_Bx3x3, pose.t_Bx2, sigma, size)
         return Prediction(
             loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats, jnp.zeros((b,), jnp.int32)
         )
     images = render.render_poses(
-        params["points"], pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2), sigma.reshape(b * k), size
+        points, pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2), sigma.reshape(b * k), size
     ).reshape(b, k, *size)
     loss_BxK = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
     head = jnp.argmin(loss_BxK, axis=1)

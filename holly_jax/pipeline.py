@@ -71,8 +71,10 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     if images is not None and images.skipped:
         rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
     if primary:
-        points = np.asarray(state.params["points"])
+        points = forward.full_cloud(setup, state.params["points"])
         outputs.write_shape(workdir, "final", points, subfolders=False)
+        if setup.group is not None:  # the asymmetric unit the group copies
+            outputs.write_shape(workdir, "final_unit", np.asarray(state.params["points"]), subfolders=False)
         scale = setup.ds.scale
         pixel_nm = scale.pixel_nm(setup.ds.size[0])
         sigma_nm = None if pixel_nm is None else forward.final_sigma(setup) * pixel_nm
@@ -142,7 +144,9 @@ def halves(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             runs.append(fit(half_cfg, workdir / name))
         if not primary:
             return {}
-        return compare_halves(workdir, runs[0].setup, *(np.asarray(r.state.params["points"]) for r in runs))
+        return compare_halves(
+            workdir, runs[0].setup, *(forward.full_cloud(r.setup, r.state.params["points"]) for r in runs)
+        )
 
 
 def compare_halves(workdir: Path, setup, cloud_a: np.ndarray, cloud_b: np.ndarray) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
 
         def loss_fn(points, rows):
             images = render.render_poses(
-                points, row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"], setup.ds.size
+                forward.cloud(setup, points), row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"], setup.ds.size
             )
             return jnp.sum(loss.l1_per_image(images, targets, mode))
 
@@ -326,7 +326,7 @@ def refine(
     def save(done: int, rstate: RefineState) -> None:
         checkpoints.save(mngr, done, rstate)
         if rec.primary:
-            points = np.asarray(rstate.points)
+            points = forward.full_cloud(setup, rstate.points)
             outputs.write_shape(workdir, f"shape_refine_s{done}", points)
             plots.save_curves(workdir / "pictures" / "curves.png", rec.records())
             plots.save_cloud_views(workdir / "pictures" / "cloud.png", points, title=f"refinement step {done}")

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from holly_jax import data, locs, loss, model, points
+from holly_jax import data, locs, loss, model, points, symmetry
 from holly_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,6 +36,7 @@ class Setup(NamedTuple):
     total_steps: int
     pose_only: bool
     mesh: Mesh  # devices along one "data" axis: the batch is split over them, the state replicated
+    group: np.ndarray | None = None  # G x 3 x 3: the point group imposed on the cloud (None: c1)
 
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
@@ -179,4 +180,23 @@ def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None, ca
         dtype=DTYPES[cfg.model.dtype],
         num_heads=int(cfg.model.num_heads),
     )
-    return Setup(cfg, ds, net, b, spe, total, bool(cfg.points.fixed), mesh)
+    return Setup(cfg, ds, net, b, spe, total, bool(cfg.points.fixed), mesh, imposed_group(cfg))
+
+
+def imposed_group(cfg: ml_collections.ConfigDict) -> np.ndarray | None:
+    """``model.symmetry`` as rotations (None for c1), checked against the points it must divide."""
+    try:
+        group = symmetry.group_rotations(cfg.model.symmetry)
+    except ValueError as e:
+        raise InputError(None, f"config.model.symmetry: {e}") from None
+    if len(group) == 1:
+        return None
+    if cfg.points.fixed:
+        raise InputError(None, "config.model.symmetry imposes a group on learned points; points.fixed holds them")
+    if int(cfg.points.num) % len(group):
+        raise InputError(
+            None,
+            f"config.points.num ({cfg.points.num}) must be divisible by the order of "
+            f"{cfg.model.symmetry} ({len(group)})",
+        )
+    return group

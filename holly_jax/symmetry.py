@@ -141,6 +141,28 @@ def _name(group_Gx3x3: np.ndarray) -> str:
     return f"D{len(group_Gx3x3) // 2}"
 
 
+def group_rotations(name: str) -> np.ndarray:
+    """The rotations (G x 3 x 3, identity first) of a point group named ``c1``, ``cN``, ``dN`` (N >= 1) or
+    ``t``, ``o``, ``i``, in a fixed frame: cN about z; dN adds N two-fold axes perpendicular to z, one along
+    x; the polyhedral groups with a 2-fold (T), 4-fold (O) or 5-fold (I) axis along z (scipy's frames)."""
+    text = str(name).strip().lower()
+    kind, number = text[:1], text[1:]
+    if kind in ("t", "o", "i") and not number:
+        R = Rotation.create_group(kind.upper(), axis="Z").as_matrix()
+    elif kind in ("c", "d") and number.isdigit() and int(number) >= 1:
+        n = int(number)
+        R = Rotation.from_rotvec(np.outer(2 * np.pi * np.arange(n) / n, [0.0, 0.0, 1.0])).as_matrix()
+        if kind == "d":
+            flips = Rotation.from_rotvec(
+                np.pi * np.stack([np.cos(np.pi * np.arange(n) / n), np.sin(np.pi * np.arange(n) / n), np.zeros(n)], 1)
+            )
+            R = np.concatenate([R, flips.as_matrix()])
+    else:
+        raise ValueError(f"unknown point group {name!r}: use c1, cN, dN (N >= 1), t, o or i")
+    first = np.argmin(np.linalg.norm(R - np.eye(3), axis=(1, 2)))
+    return np.concatenate([R[first : first + 1], np.delete(R, first, axis=0)])
+
+
 def find(points_Nx3: np.ndarray) -> Symmetry:
     """The proper rotational point group of a cloud (about its centroid) and its near-symmetries."""
     x = np.asarray(points_Nx3, np.float64)

@@ -34,7 +34,8 @@ def initial_points(setup: Setup) -> np.ndarray:
     cfg = setup.cfg
     if setup.pose_only:
         return pointfile.read_points(cfg.points.fixed)
-    return points.init_points(int(cfg.points.num), cfg.points.init, init_seed(cfg))
+    order = 1 if setup.group is None else len(setup.group)
+    return points.init_points(int(cfg.points.num) // order, cfg.points.init, init_seed(cfg))
 
 
 def create_state(setup: Setup, points_Nx3: np.ndarray) -> TrainState:
@@ -150,7 +151,9 @@ def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, 
     grid = plots.pairs(targets, images)
     plots.save_png(folder / "pairs.png", grid, scale=plots.enlargement(setup.ds.size))
     rec.image("inputs_outputs", grid, step)
-    plots.save_cloud_views(folder / "cloud.png", np.asarray(state.params["points"]), title=f"step {step}")
+    plots.save_cloud_views(
+        folder / "cloud.png", forward.full_cloud(setup, state.params["points"]), title=f"step {step}"
+    )
 
 
 def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path, move_damaged: bool = True) -> TrainState:
@@ -161,7 +164,7 @@ def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path, mo
     if restored is not None:
         return restored
     if jax.process_index() == 0:
-        outputs.write_shape(workdir, "initial", np.asarray(state.params["points"]), subfolders=False)
+        outputs.write_shape(workdir, "initial", forward.full_cloud(setup, state.params["points"]), subfolders=False)
     return state
 
 
@@ -203,7 +206,7 @@ def train(
         checkpoints.save(mngr, done, state)
         if rec.primary:
             epoch = (done - 1) // setup.steps_per_epoch
-            outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", np.asarray(state.params["points"]))
+            outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", forward.full_cloud(setup, state.params["points"]))
             save_pictures(setup, steps, state, workdir, rec)
 
     spec = loop.Loop(
