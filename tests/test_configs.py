@@ -53,3 +53,9 @@ def test_quick_single_head_is_the_same_recipe_with_the_original_method():
     assert differing == {"model.num_heads", "train.steps", "refine.steps"}
     original = default.get_config()
     assert all(_get(single, f) == _get(original, f) for f in ("model.num_heads", "train.steps", "refine.steps"))
+
+
+def test_quick_d8_is_the_same_recipe_with_the_pore_group_imposed():
+    best, d8 = quick.get_config(), quick.get_config("d8")
+    differing = {f for f in _fields(best) if _get(best, f) != _get(d8, f)}
+    assert differing == {"model.symmetry", "points.num"} and d8.points.num % 16 == 0
