@@ -81,7 +81,7 @@ def compare(
     if truth is not None:
         to_truth = metrics.align(np.concatenate([a, b]), np.asarray(truth, np.float64), seed=seed)
         moved = volume.Grid(grid.shape, voxel, np.asarray(truth, np.float64).mean(0) - (n - 1) / 2 * voxel)
-        avg_t = (volume.density(to_truth.apply(a), width, moved) + volume.density(to_truth.apply(b), width, moved)) / 2
+        avg_t = volume.density(to_truth.apply(np.concatenate([a, b])), width, moved) / 2  # the density is linear
         vol_t = volume.density(np.asarray(truth, np.float64), width, moved)
         vs_truth = fsc.curve(avg_t * mask, vol_t * mask, voxel)
         res = fsc.resolution(vs_truth, fsc.TRUTH_THRESHOLD)

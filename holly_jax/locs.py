@@ -98,6 +98,12 @@ def _float(values, n: int) -> np.ndarray:
     return np.full(n, np.nan) if values is None else np.asarray(values, np.float64)
 
 
+def mean_of(table, names: tuple[str, ...]) -> np.ndarray | None:
+    """The mean of those columns of a table (a dict or DataFrame) it has; None when it has none."""
+    present = [np.asarray(table[c], np.float64) for c in names if c in table]
+    return np.mean(present, axis=0) if present else None
+
+
 def with_groups(path: Path, t: dict, one_particle: bool) -> Localisations:
     """Localisations from a reader's columns (nm; None where absent), grouped into particles."""
     x, y = np.asarray(t["x"], np.float64), np.asarray(t["y"], np.float64)
@@ -149,11 +155,6 @@ def read_with_locan(path: Path, file_type: str) -> dict:
     return from_locan(path, frame)
 
 
-def _mean_of(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray | None:
-    present = [frame[c].to_numpy(np.float64) for c in names if c in frame]
-    return np.mean(present, axis=0) if present else None
-
-
 def from_locan(path: Path, frame: pd.DataFrame) -> dict:
     """Columns of a locan LocData table (locan's property names; coordinates in nm) as a reader's dict."""
     for column in ("position_x", "position_y"):
@@ -170,8 +171,8 @@ def from_locan(path: Path, frame: pd.DataFrame) -> dict:
         "group": get("cluster_label"),
         "frame": get("frame"),
         "photons": get("intensity"),
-        "precision": _mean_of(frame, precision),
-        "psf": _mean_of(frame, psf),
+        "precision": mean_of(frame, precision),
+        "psf": mean_of(frame, psf),
     }
 
 
@@ -214,7 +215,7 @@ def read_thunderstorm(path: Path) -> dict:
         "frame": col("frame"),
         "photons": col("intensity [photon]"),
         "precision": col(precision),
-        "psf": np.mean([df[c].to_numpy() for c in psf], axis=0) if psf else None,
+        "psf": mean_of(df, tuple(psf)),
     }
 
 
@@ -282,16 +283,15 @@ def read_picasso(path: Path) -> dict:
     if "z" in names:
         note(path, "'z' ignored: training uses the 2D projections")
     pixel_nm = picasso_pixel_nm(path, embedded)
-    px = lambda c: None if c not in table else np.asarray(table[c], np.float64) * pixel_nm
-    both = lambda a, b: None if a not in table else (px(a) + (px(b) if b in table else px(a))) / 2
+    in_nm = lambda columns: None if (mean := mean_of(table, columns)) is None else mean * pixel_nm
     return {
-        "x": px("x"),
-        "y": px("y"),
+        "x": in_nm(("x",)),
+        "y": in_nm(("y",)),
         "group": table.get("group"),
         "frame": table.get("frame"),
         "photons": table.get("photons"),
-        "precision": both("lpx", "lpy"),
-        "psf": both("sx", "sy"),
+        "precision": in_nm(("lpx", "lpy")),
+        "psf": in_nm(("sx", "sy")),
     }
 
 

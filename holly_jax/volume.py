@@ -11,16 +11,14 @@ format's convention, which ChimeraX and every EM tool read): a grid in nm has a 
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holly_jax import faults
+from holly_jax.atomic import atomic_path
 
 ANGSTROM_PER_NM = 10.0
 
@@ -86,19 +84,8 @@ def write_mrc(path: str | os.PathLike, volume_ZxYxX: np.ndarray, voxel_nm: float
     """An MRC file (atomically), voxel size and origin given in nm and stored in Ångström."""
     import mrcfile
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(volume_ZxYxX, np.float32))
-            mrc.voxel_size = float(voxel_nm) * ANGSTROM_PER_NM
-            x, y, z = (float(v) * ANGSTROM_PER_NM for v in origin_nm)
-            mrc.header.origin = (x, y, z)
-        os.chmod(tmp, 0o644)
-        faults.point("file_write")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume_ZxYxX, np.float32))
+        mrc.voxel_size = float(voxel_nm) * ANGSTROM_PER_NM
+        x, y, z = (float(v) * ANGSTROM_PER_NM for v in origin_nm)
+        mrc.header.origin = (x, y, z)

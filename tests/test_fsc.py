@@ -151,7 +151,7 @@ def test_compare_two_noisy_copies(tmp_path):
 def _halves(workdir, env=None):
     cmd = [sys.executable, str(REPO / "launch.py"), "--mode=halves", "--config=configs/tiny.py"]
     cmd += [f"--workdir={workdir}", "--config.train.epochs=2", "--config.data.train_size=96"]
-    cmd += ["--config.train.save_every=8"]
+    cmd += ["--config.train.save_every=8", "--config.halves.voxel=0.05"]
     return subprocess.run(
         cmd,
         cwd=REPO,
@@ -179,4 +179,5 @@ def test_halves_run_killed_resumes(tmp_path):
     assert not np.allclose(a, b)  # independent starts and data
     got = json.loads((run / "eval" / "fsc.json").read_text())
     assert got["resolution_0.143"] > 0 and "truth_resolution_0.5" in got and got["unit"] == "object units"
+    assert got["voxel"] == pytest.approx(0.05)  # halves.voxel, in object units without a scale
     assert "eval/fsc.png" in (run / "report.html").read_text()

@@ -341,3 +341,21 @@ def test_formats_beyond_ours_ask_for_locan(tmp_path, monkeypatch):
         locs.read(path, file_type="zeiss")
     with pytest.raises(InputError, match="data.file_type = rapidstorm"):
         locs.read(path)
+
+
+def test_config_reaches_the_reader(tmp_path, monkeypatch):
+    """data.one_particle and data.file_type are handed to the reader: without the first the file is refused
+    as several particles; with it, it is one particle (too few to split); the second asks for locan."""
+    field = tmp_path / "field.csv"
+    field.write_text("x [nm],y [nm]\n" + "".join(f"{5000 * (i % 2)},{i}\n" for i in range(20)))
+    cfg = tiny.get_config()
+    cfg.data.source, cfg.data.path = "locs", str(field)
+    with pytest.raises(InputError, match="pick particles in Picasso"):
+        data.load(cfg, 8)
+    cfg.data.one_particle = True
+    with pytest.raises(InputError, match="leave nothing to train on out of 1"):
+        data.load(cfg, 8)
+    monkeypatch.setitem(__import__("sys").modules, "locan", None)
+    cfg.data.file_type = "smap"
+    with pytest.raises(InputError, match="reading a smap file needs locan"):
+        data.load(cfg, 8)
