@@ -2,8 +2,10 @@
 
 ``evaluate(setup, state, workdir)`` writes ``WORKDIR/eval/``: ``metrics.json``
 (aligned Chamfer and Hausdorff distances, the truth's symmetry, rotation
-errors of the predicted poses in the cloud's frame and modulo that symmetry,
-held-out loss; docs/method.md §8), ``poses.csv`` (every pose behind them; for real data every
+errors of the predicted poses in the cloud's frame and modulo that symmetry
+and any imposed group, held-out loss, the point group the learned cloud
+itself suggests with every candidate's score; docs/method.md §8),
+``symmetry.png`` (those scores), ``poses.csv`` (every pose behind them; for real data every
 particle's or image's pose, keyed by its group id or file name), the
 aligned cloud beside the ground truth as PLY, pictures, an animation, and
 ``WORKDIR/report.html``. It needs the run's setup and state, not how they
@@ -148,12 +150,12 @@ def pose_errors(
         idx = idx[: len(refined.items_M)]  # the table's rows are the first training images
     targets, R_true = images_of(setup, idx, sigma)
     pred = predictor(targets, sigma)
-    error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group_Gx3x3)
+    error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group_Gx3x3, setup.group)
     table.add("train", idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2, pred.sigma_B, pred.loss_B, R_true, error.errors_deg)
     results = {"train_images": len(idx), **{f"train_{k}": v for k, v in error.summary().items()}}
     if refined is not None:
         R_table = np.asarray(refine.rotations_of(refined))[: len(idx)]
-        error = poses.rotation_error(R_true, R_table, frame, group_Gx3x3)
+        error = poses.rotation_error(R_true, R_table, frame, group_Gx3x3, setup.group)
         rows = jax.device_get(refined.rows)
         table.add(
             "refined", idx, R_table, rows["t"][: len(idx)], rows["sigma"][: len(idx)], None, R_true, error.errors_deg
@@ -287,13 +289,16 @@ def evaluate(
         )
     else:
         plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
+    detected = symmetry.rank(learned)  # what the learned cloud's own symmetry suggests imposing
+    results.update(detected.summary())
+    plots.save_symmetry_scores(out / "symmetry.png", detected, title="the learned cloud's symmetry")
 
     targets, R_true, idx = held_out(setup, sigma)
     if len(targets):
         pred = predictor(targets, sigma)
         errors = None
         if R_true is not None:
-            error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group)
+            error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group, setup.group)
             results.update(error.summary())
             errors = error.errors_deg
         R, t = file_frame(setup, idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2)
@@ -362,6 +367,7 @@ def write_report(workdir: Path, results: dict[str, Any] | None = None) -> None:
         ("Held-out inputs | outputs", "eval/pairs.png"),
         ("Ground truth at given poses | output", "eval/poses.png"),
         ("Tour of random rotations: input | output", "eval/animation.gif"),
+        ("Point groups scored on the learned cloud (lower maps it better onto itself)", "eval/symmetry.png"),
         ("Half-set FSC (half A against half B; the average against the ground truth)", "eval/fsc.png"),
     ]
     parts = [

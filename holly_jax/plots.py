@@ -167,3 +167,29 @@ def save_fsc(
     if title:
         ax.set_title(title)
     _save_figure(fig, path)
+
+
+def save_symmetry_scores(path: PathLike, ranking: Any, title: str = "") -> None:
+    """Every candidate point group's score (``symmetry.Ranking``): the worst element's RMS distance in point
+    spacings, lower is better; groups that hold in green, the one to impose in orange."""
+    shown = [c for c in ranking.candidates if c.order > 1]
+    order = {name: i for i, name in enumerate(sorted({c.name for c in shown}, key=_group_key))}
+    shown.sort(key=lambda c: order[c.name])
+    best = ranking.candidates[0].name
+    colours = ["tab:orange" if c.name == best else ("tab:green" if c.holds else "0.6") for c in shown]
+    fig, ax = _figure(1, 1, figsize=(12, 3.8))
+    ax.bar(range(len(shown)), [c.ratio for c in shown], color=colours)
+    ax.set_xticks(range(len(shown)), [c.name for c in shown], rotation=90, fontsize=8)
+    ax.axhline(ranking.limit, color="tab:green", lw=0.8, ls="--", label=f"holds below {ranking.limit:.2f}")
+    ax.axhline(ranking.chance, color="0.4", lw=0.8, ls=":", label=f"no symmetry: {ranking.chance:.2f}")
+    ax.set_ylabel("RMS distance / point spacing")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(f"{title + ': ' if title else ''}would impose {best}")
+    _save_figure(fig, path)
+
+
+def _group_key(name: str) -> tuple[int, int]:
+    """C2..C16, then D2..D16, then T, O, I."""
+    kind = "CDTOI".index(name[0])
+    return (kind, int(name[1:]) if len(name) > 1 else 0)

@@ -94,6 +94,7 @@ def rotation_error(
     R_pred_Bx3x3: np.ndarray,
     frames: list[tuple[np.ndarray, bool]] | None = None,
     group_Gx3x3: np.ndarray | None = None,
+    imposed_Hx3x3: np.ndarray | None = None,
 ) -> PoseError:
     """Per-image rotation error in degrees, the smallest over the truth's symmetry group.
 
@@ -104,26 +105,39 @@ def rotation_error(
     the nearer (``mirrored`` tells which frame has the lower median). Without frames,
     the frame is fitted to the poses themselves (a robust mean, the better handedness), for a truth with
     no symmetry only (the mean of poses that differ by group elements means nothing).
+
+    A point group imposed on the learned cloud (``imposed_Hx3x3``, in the cloud's frame: h Y = Y) makes
+    R_pred h draw the same image as R_pred, so the error is also the smallest over h.
     """
     R_true, R_pred = np.asarray(R_true_Bx3x3, np.float64), np.asarray(R_pred_Bx3x3, np.float64)
     group = np.eye(3)[None] if group_Gx3x3 is None else np.asarray(group_Gx3x3, np.float64)
+    imposed = np.eye(3)[None] if imposed_Hx3x3 is None else np.asarray(imposed_Hx3x3, np.float64)
     results = []
     if frames is not None:
         for R_align, mirrored in frames:
             pred = F @ R_pred @ F if mirrored else R_pred
-            q = np.einsum("bji,bjk,lk->bil", R_true, pred, np.asarray(R_align, np.float64))  # R_true^T pred R^T
-            results.append(PoseError(_angles_to_group_deg(q, group), bool(mirrored), np.asarray(R_align)))
+            R_align = np.asarray(R_align, np.float64)
+            q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R^T
+            results.append(PoseError(_angles_to_group_deg(q, _with(group, imposed, R_align, mirrored)), bool(mirrored), R_align))
         best = min(results, key=lambda r: np.median(r.errors_deg))
         return best._replace(errors_deg=np.min([r.errors_deg for r in results], axis=0))
     else:
-        if len(group) > 1:
-            raise ValueError("a symmetric truth needs the cloud's frames: pass frames")
+        if len(group) > 1 or len(imposed) > 1:
+            raise ValueError("a symmetric truth or an imposed group needs the cloud's frames: pass frames")
         for mirrored in (False, True):
             pred = F @ R_pred @ F if mirrored else R_pred
             q = np.einsum("bji,bjk->bik", R_true, pred)
             a = robust_mean(q)
             results.append(PoseError(_angles_deg(q, a), mirrored, a))
     return min(results, key=lambda r: np.median(r.errors_deg))
+
+
+def _with(group_Gx3x3: np.ndarray, imposed_Hx3x3: np.ndarray, R_align: np.ndarray, mirrored: bool) -> np.ndarray:
+    """The rotations g k^T (g of the truth's group, k = R F^m h F^m R^T for h imposed on the cloud) an error
+    is taken to the nearest of: q = R_true^T pred R^T is right when q k = g."""
+    h = F @ imposed_Hx3x3 @ F if mirrored else imposed_Hx3x3
+    k = np.einsum("ij,hjk,lk->hil", R_align, h, R_align)
+    return np.einsum("gij,hkj->ghik", group_Gx3x3, k).reshape(-1, 3, 3)
 
 
 def cloud_frames(R_align: np.ndarray, mirrored: bool, mirror_R: np.ndarray | None) -> list[tuple[np.ndarray, bool]]:

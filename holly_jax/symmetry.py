@@ -97,7 +97,8 @@ def _candidates(x_Nx3: np.ndarray, tree: cKDTree) -> tuple[np.ndarray, np.ndarra
 
 def _distances(x_Nx3: np.ndarray, tree: cKDTree, R_Gx3x3: np.ndarray) -> np.ndarray:
     """Each rotated point's distance to the cloud, G x N (all rotations in one tree query)."""
-    d, _ = tree.query(np.einsum("gij,nj->gni", R_Gx3x3, x_Nx3).reshape(-1, 3), workers=-1)
+    rotated = np.einsum("gij,nj->gni", R_Gx3x3, x_Nx3).reshape(-1, 3)
+    d, _ = tree.query(rotated, workers=-1 if len(rotated) > 20000 else 1)  # threads cost more than a small query
     return d.reshape(len(R_Gx3x3), len(x_Nx3))
 
 
@@ -163,14 +164,26 @@ def group_rotations(name: str) -> np.ndarray:
     return np.concatenate([R[first : first + 1], np.delete(R, first, axis=0)])
 
 
-def find(points_Nx3: np.ndarray) -> Symmetry:
-    """The proper rotational point group of a cloud (about its centroid) and its near-symmetries."""
+class _Cloud(NamedTuple):
+    """A centred cloud (a sample of a large one) with what every test of a rotation needs."""
+
+    x_Nx3: np.ndarray
+    tree: cKDTree
+    spacing_N: np.ndarray  # each point's distance to its nearest neighbour
+    rms: float  # the RMS of the spacing: the unit of every ratio
+    chance: float  # the ratio rotations that are no symmetry give
+    limit: float  # a rotation holds at or below this ratio
+    scored: list[Axis]  # candidate axes' generators: principal axes at every order, the others at 2 to 5
+    principal_3x3: np.ndarray  # principal axes, one per row
+
+
+def _cloud(points_Nx3: np.ndarray) -> _Cloud | None:
     x = np.asarray(points_Nx3, np.float64)
     x = x - x.mean(0)
     if len(x) > MAX_POINTS:  # a large cloud: its symmetry shows in a sample
         x = x[np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False)]
     if len(x) < 3:
-        return Symmetry("C1", np.eye(3)[None], [], [])
+        return None
     tree = cKDTree(x)
     spacing = tree.query(x, k=2)[0][:, 1]
     principal, others = _candidates(x, tree)
@@ -178,10 +191,25 @@ def find(points_Nx3: np.ndarray) -> Symmetry:
     scored += _score(x, tree, spacing, others, [2, 3, 4, 5])
     # what rotations that are no symmetry give: a few spacings for a dense cloud, less than one for a sparse one
     random_axes = _unit(np.random.default_rng(0).normal(size=(32, 3)))
-    chance = np.median([a.ratio for a in _score(x, tree, spacing, random_axes, [3, 5, 7])])
-    limit = min(HOLDS, chance / 4)
+    chance = float(np.median([a.ratio for a in _score(x, tree, spacing, random_axes, [3, 5, 7])]))
+    rms = float(np.sqrt(np.mean(np.square(spacing))))
+    return _Cloud(x, tree, spacing, rms, chance, min(HOLDS, chance / 4), scored, principal)
+
+
+def find(points_Nx3: np.ndarray) -> Symmetry:
+    """The proper rotational point group of a cloud (about its centroid) and its near-symmetries."""
+    cloud = _cloud(points_Nx3)
+    if cloud is None:
+        return Symmetry("C1", np.eye(3)[None], [], [])
+    x, tree, spacing, rms, limit, scored = (
+        cloud.x_Nx3,
+        cloud.tree,
+        cloud.spacing_N,
+        cloud.rms,
+        cloud.limit,
+        cloud.scored,
+    )
     holds = lambda a: a.ratio <= limit and a.missed <= 0.05
-    rms = np.sqrt(np.mean(np.square(spacing)))
 
     def grow(group, axes, candidates):
         """Add each candidate that holds (best first) when every element of the group it makes holds too."""
@@ -227,22 +255,211 @@ def _mirror(x_Nx3: np.ndarray, tree: cKDTree, tolerance: float) -> np.ndarray | 
     return best.R if np.sqrt(np.mean(np.square(d))) <= tolerance else None
 
 
+CANDIDATES = [f"C{n}" for n in range(2, MAX_ORDER + 1)] + [f"D{n}" for n in range(2, MAX_ORDER + 1)] + ["T", "O", "I"]
+AXIS_TOLERANCE_DEG = 6.0  # two found 3-fold axes fit a polyhedral pair when their angle is this close
+REFINE_POINTS = 300  # orientations are chosen and polished on at most this many of the cloud's points
+
+
+class Candidate(NamedTuple):
+    name: str  # "C1", "C8", "D8", "T", "O", "I"
+    order: int
+    ratio: float  # the worst element's RMS distance of the rotated points to the cloud, in point spacings
+    missed: float  # share of the rotated points (all elements) farther than MISS spacings from the cloud
+    holds: bool  # every element maps the cloud onto itself
+    rotations_Gx3x3: np.ndarray  # the group's elements at the best orientation found, identity first
+
+
+class Ranking(NamedTuple):
+    """Every candidate group at its best orientation, ranked: the groups that hold, largest first (C1 last
+    of them), then the others, closest first. The first is the group to impose."""
+
+    candidates: list[Candidate]
+    chance: float  # the ratio rotations that are no symmetry give
+    limit: float  # a group holds at or below this ratio
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
+
+    def table(self) -> str:
+        lines = [f"{'rank':>4}  {'group':<5} {'order':>5}  {'RMS/spacing':>11}  {'unmapped':>8}  holds"]
+        for i, c in enumerate(self.candidates, 1):
+            holds = "yes" if c.holds else ""
+            lines.append(f"{i:>4}  {c.name:<5} {c.order:>5}  {c.ratio:>11.2f}  {100 * c.missed:>7.0f}%  {holds}")
+        return "\n".join(lines)
+
+    def summary(self) -> dict:
+        return {
+            "detected_symmetry": self.best.name,
+            "detected_symmetry_scores": [
+                {"group": c.name, "rms_over_spacing": round(c.ratio, 3), "unmapped_share": round(c.missed, 3)}
+                for c in self.candidates
+                if c.name != "C1"
+            ],
+        }
+
+
+def _frame(z: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+    """A rotation taking the z axis to ``z`` (and the x axis to ``x``'s part perpendicular to it)."""
+    z = z / np.linalg.norm(z)
+    if x is None or np.linalg.norm(np.cross(z, x)) < 1e-6:
+        x = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0, 1.0, 0])
+    x = x - (x @ z) * z
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _judge(cloud: _Cloud, name: str, Q: np.ndarray) -> Candidate:
+    """Group ``name`` turned by Q (its frame's z axis to Q's third column) scored on the cloud."""
+    elements = np.einsum("ij,gjk,lk->gil", Q, group_rotations(name), Q)
+    d = _distances(cloud.x_Nx3, cloud.tree, elements[1:])
+    ratio = float(np.max(np.sqrt(np.mean(np.square(d), axis=1)))) / cloud.rms
+    missed = float(np.mean(d > MISS * np.median(cloud.spacing_N)))
+    return Candidate(name, len(elements), ratio, missed, ratio <= cloud.limit and missed <= 0.05, elements)
+
+
+def _sample(x_Nx3: np.ndarray) -> np.ndarray:
+    """At most REFINE_POINTS of the points, drawn evenly (a cloud may be ordered copy by copy)."""
+    return (
+        x_Nx3
+        if len(x_Nx3) <= REFINE_POINTS
+        else x_Nx3[np.random.default_rng(0).choice(len(x_Nx3), REFINE_POINTS, replace=False)]
+    )
+
+
+def _polished_axis(cloud: _Cloud, direction: np.ndarray, order: int) -> np.ndarray:
+    """An axis moved (Nelder-Mead, within a few degrees) to where its n-fold rotation maps the cloud best:
+    candidate directions come from points and midpoints, a few degrees off a true axis."""
+    from scipy.optimize import minimize
+
+    u, v = _frame(direction)[:, 0], _frame(direction)[:, 1]
+    along = lambda p: _unit(direction + p[0] * u + p[1] * v)[0]
+    cost = lambda p: float(
+        np.mean(
+            np.square(
+                _distances(
+                    cloud.x_Nx3, cloud.tree, Rotation.from_rotvec(along(p) * 2 * np.pi / order).as_matrix()[None]
+                )
+            )
+        )
+    )
+    simplex = np.array([[0.0, 0.0], [0.05, 0.0], [0.0, 0.05]])
+    found = minimize(cost, np.zeros(2), method="Nelder-Mead", options={"initial_simplex": simplex, "maxfev": 60})
+    return along(found.x)
+
+
+def _refined(cloud: _Cloud, candidate: Candidate, Q: np.ndarray) -> Candidate:
+    """The candidate's orientation polished (Nelder-Mead over a small turn of Q, on the mean squared
+    distance of every element's rotated points), kept when it scores better."""
+    from scipy.optimize import minimize
+
+    x = _sample(cloud.x_Nx3)
+    group = group_rotations(candidate.name)[1:]
+
+    def cost(turn: np.ndarray) -> float:
+        P = Rotation.from_rotvec(turn).as_matrix() @ Q
+        return float(np.mean(np.square(_distances(x, cloud.tree, P @ group @ P.T))))
+
+    step = np.radians(2.0)
+    simplex = np.concatenate([np.zeros((1, 3)), step * np.eye(3)])
+    found = minimize(cost, np.zeros(3), method="Nelder-Mead", options={"initial_simplex": simplex, "maxfev": 80})
+    polished = _judge(cloud, candidate.name, Rotation.from_rotvec(found.x).as_matrix() @ Q)
+    return polished if polished.ratio < candidate.ratio else candidate
+
+
+def _axes_of(name: str, order: int) -> np.ndarray:
+    """The axes of a group's rotations of exactly this order, in its fixed frame (group_rotations)."""
+    rv = Rotation.from_matrix(group_rotations(name)[1:]).as_rotvec()
+    angles = np.linalg.norm(rv, axis=1)
+    return _merge(_unit(rv[np.abs(angles - 2 * np.pi / order) < 1e-3]))
+
+
+def rank(points_Nx3: np.ndarray, top_axes: int = 3) -> Ranking:
+    """Score every candidate group (CANDIDATES) by how well it maps the cloud onto itself at its best
+    orientation: Cn about the ``top_axes`` axes whose n-fold rotation holds best; Dn about the best Cn axis
+    with its two-fold axes swept round it in 1 degree steps; T, O and I fitted to pairs of found axes at the
+    right angle (and the principal frame). The trivial group C1 always holds."""
+    cloud = _cloud(points_Nx3)
+    trivial = Candidate("C1", 1, 0.0, 0.0, True, np.eye(3)[None])
+    if cloud is None:
+        return Ranking([trivial], 0.0, 0.0)
+    by_order: dict[int, list[Axis]] = {}
+    for a in sorted(cloud.scored, key=lambda a: a.ratio):
+        by_order.setdefault(a.order, []).append(a)
+    judged = []  # (candidate, its orientation)
+    angles = np.radians(np.arange(0, 180, 1.0))
+    best = lambda pairs: min(pairs, key=lambda pair: pair[0].ratio)
+    sample = cloud._replace(x_Nx3=_sample(cloud.x_Nx3))
+    plausible = lambda c: not c.holds and c.ratio < min(cloud.chance / 2, 2 * cloud.limit)
+    for n in range(2, MAX_ORDER + 1):
+        cyclic, Q = best(
+            [(_judge(cloud, f"C{n}", _frame(a.direction)), _frame(a.direction)) for a in by_order[n][:top_axes]]
+        )
+        if plausible(cyclic):  # a few degrees off can fail an axis that holds
+            Q = _frame(_polished_axis(sample, Q[:, 2], n))
+            cyclic, Q = best([(cyclic, Q), (_judge(cloud, f"C{n}", Q), Q)])
+        across = np.outer(np.cos(angles), Q[:, 0]) + np.outer(np.sin(angles), Q[:, 1])
+        flip = min(_score(cloud.x_Nx3, cloud.tree, cloud.spacing_N, across, [2]), key=lambda a: a.ratio)
+        judged += [
+            (cyclic, Q),
+            (_judge(cloud, f"D{n}", _frame(Q[:, 2], flip.direction)), _frame(Q[:, 2], flip.direction)),
+        ]
+    # T, O and I: fitted to two found three-fold axes (every polyhedral group has them) at the angle of the
+    # group's closest pair of three-fold axes, tried both ways round, scored on a sample, the best in full
+    both = lambda m: np.concatenate([m, -m])  # direction triples, centred: kabsch's means are zero
+    threefold = [_polished_axis(sample, a.direction, 3) for a in by_order[3][: 3 * top_axes]]
+    for name in ("T", "O", "I"):
+        a = _axes_of(name, 3)
+        cos = np.abs(a[1:] @ a[0])
+        a, b = a[0], a[1:][np.argmax(cos)]
+        canonical, angle = np.stack([a, b, np.cross(a, b)]), np.degrees(np.arccos(np.clip(a @ b, -1, 1)))
+        frames = [cloud.principal_3x3.T * np.sign(np.linalg.det(cloud.principal_3x3))]
+        for i, u in enumerate(threefold):
+            for v in threefold[i + 1 :]:
+                v = v * np.sign(v @ u) * np.sign(a @ b)
+                if abs(np.degrees(np.arccos(np.clip(u @ v, -1, 1))) - angle) < AXIS_TOLERANCE_DEG:
+                    for p, q in ((u, v), (v, u)):
+                        frames.append(metrics.kabsch(both(canonical), both(np.stack([p, q, np.cross(p, q)])))[0])
+        Q = min(frames, key=lambda Q: _judge(sample, name, Q).ratio)
+        judged.append((_judge(cloud, name, Q), Q))
+    polyhedral = lambda c: c.name in ("T", "O", "I") and plausible(c)
+    judged = [trivial] + [_refined(cloud, c, Q) if polyhedral(c) else c for c, Q in judged]
+    ranked = sorted(judged, key=lambda c: (not c.holds, -c.order if c.holds else 0, c.ratio))
+    return Ranking(ranked, cloud.chance, cloud.limit)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from holly_jax import pointfile
+    import argparse
+
+    from holly_jax import plots, pointfile
     from holly_jax.errors import InputError
 
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m holly_jax.symmetry CLOUD.ply|CLOUD.obj")
+    parser = argparse.ArgumentParser(
+        prog="python -m holly_jax.symmetry",
+        description="Rank every point group (C2..C16, D2..D16, T, O, I) by how well it maps a cloud onto itself.",
+    )
+    parser.add_argument("cloud", help="a point cloud: PLY, OBJ or CSV (a run's final.ply)")
+    parser.add_argument("--picture", default=None, help="where the scores' picture goes (default CLOUD.symmetry.png)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        result = find(pointfile.read_points(argv[0]))
+        points = pointfile.read_points(args.cloud)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"{argv[0]}: {result.name} ({len(result.rotations_Gx3x3)} rotations)")
-    for a in result.axes:
-        print(f"  axis {np.round(a.direction, 3)}: {a.order}-fold, RMS {a.ratio:.2f} x the point spacing")
-    for a in result.near:
-        print(f"  near: {a.order}-fold about {np.round(a.direction, 3)}, {100 * a.missed:.0f}% of the points unmapped")
+    ranking, found = rank(points), find(points)
+    picture = args.picture or f"{args.cloud}.symmetry.png"
+    plots.save_symmetry_scores(picture, ranking, title=args.cloud)
+    print(f"{args.cloud}: {len(points)} points; a group holds at RMS <= {ranking.limit:.2f} point spacings")
+    print(f"(rotations that are no symmetry give {ranking.chance:.2f})")
+    print(ranking.table())
+    best = ranking.best
+    if best.order > 1:
+        flag = f"--config.model.symmetry={best.name.lower()}"
+        print(f"would impose {best.name}: {flag} (points.num a multiple of {best.order})")
+    else:
+        print("no symmetry holds: keep model.symmetry=c1")
+    for a in found.near:
+        print(f"near: {a.order}-fold about {np.round(a.direction, 3)}, {100 * a.missed:.0f}% of the points unmapped")
+    print(f"picture: {picture}")
 
 
 if __name__ == "__main__":

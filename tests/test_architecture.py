@@ -19,7 +19,7 @@ LAYERS = [
     "evaluate", "halfsets", "workdirs", "refine", "train",
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
     "data", "simulate", "locsim", "exports", "locs", "fits",
-    "shapes", "fsc", "volume", "outputs", "plots", "symmetry", "metrics", "poses", "pointfile", "model", "render",
+    "shapes", "fsc", "volume", "outputs", "symmetry", "plots", "metrics", "poses", "pointfile", "model", "render",
     "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
 # fmt: on

@@ -134,3 +134,36 @@ def test_an_achiral_truth_accepts_poses_of_either_handedness():
     assert poses.rotation_error(R_true, R_pred, frames, found.rotations_Gx3x3).errors_deg.max() < 0.5
     one = poses.rotation_error(R_true, R_pred, frames[:1], found.rotations_Gx3x3)
     assert np.median(one.errors_deg) > 10  # judged in one handedness only, the same poses look wrong
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_poses_that_differ_by_the_imposed_group_have_no_error(mirrored):
+    """A group imposed on the learned cloud (h Y = Y, in its own frame): R_pred h draws the same image as R_pred,
+    so it counts as right even when the truth's own group is not given; planted errors still come back."""
+    truth = _orbit(_cyclic(4))
+    truth = truth - truth.mean(0)
+    R_a = Rotation.random(random_state=12).as_matrix()
+    M = metrics.MIRROR if mirrored else np.eye(3)
+    learned = truth @ R_a @ M  # rows: M R_a^T x
+    alignment = metrics.align(learned, truth)
+    frames = [(alignment.R, alignment.mirrored)]
+    imposed = np.einsum("ij,gjk,kl->gil", M @ R_a.T, _cyclic(4), R_a @ M)  # C4 in the learned cloud's frame
+    y = learned
+    for h in imposed:  # the imposed rotations do map the learned cloud onto itself
+        assert np.linalg.norm((y @ h.T)[:, None] - y[None], axis=-1).min(1).max() < 1e-9
+    R_true = _poses(48, 13)
+    h = imposed[np.random.default_rng(14).integers(4, size=48)]
+    tilt_deg = np.random.default_rng(15).uniform(0, 20, 48)
+    axes = Rotation.random(48, random_state=16).as_rotvec()
+    tilt = Rotation.from_rotvec(axes / np.linalg.norm(axes, axis=1, keepdims=True) * np.radians(tilt_deg[:, None]))
+    right = np.einsum("ij,bjk,kl->bil", M, R_true @ tilt.as_matrix() @ alignment.R, M)
+    R_pred = right @ h  # draws the learned cloud as `right` does
+    images = lambda R: np.einsum("bij,nj->bni", R, y)[..., :2]
+    np.testing.assert_allclose(np.sort(images(R_pred), 1), np.sort(images(right), 1), atol=1e-9)
+    error = poses.rotation_error(R_true, R_pred, frames, None, imposed)
+    np.testing.assert_allclose(error.errors_deg, tilt_deg, atol=0.05)
+    plain = poses.rotation_error(R_true, R_pred, frames)
+    is_identity = np.isclose(np.trace(h, axis1=1, axis2=2), 3.0)
+    assert np.all(plain.errors_deg[~is_identity] > 60)
+    with pytest.raises(ValueError, match="frames"):
+        poses.rotation_error(R_true, R_pred, None, None, imposed)

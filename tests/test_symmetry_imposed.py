@@ -2,6 +2,7 @@
 explicitly replicated cloud (images and gradients, and finite differences), c1 untouched, bad values, and
 a run that learns a unit and writes the symmetric cloud."""
 
+import json
 import re
 
 import jax
@@ -142,3 +143,8 @@ def test_a_run_learns_a_unit_and_writes_the_symmetric_cloud(tmp_path):
     np.testing.assert_allclose(full, _replicated(unit, symmetry.group_rotations("c3")), atol=1e-5)
     turned = full @ symmetry.group_rotations("c3")[1].T
     assert np.abs(turned[:, None] - full[None]).sum(-1).min(1).max() < 1e-4  # the cloud maps onto itself
+    # the evaluation's detection sees the imposed group on the learned cloud, and draws its scores
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["detected_symmetry"] == "C3"
+    assert (run / "eval" / "symmetry.png").read_bytes()[:4] == b"\x89PNG"
+    assert "eval/symmetry.png" in (run / "report.html").read_text()
