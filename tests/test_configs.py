@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, quick
+from configs import cep152, default, quick
 from holly_jax.setup import check_config
 
 CONFIGS = sorted(
@@ -59,3 +59,13 @@ def test_quick_d8_is_the_same_recipe_with_the_pore_group_imposed():
     best, d8 = quick.get_config(), quick.get_config("d8")
     differing = {f for f in _fields(best) if _get(best, f) != _get(d8, f)}
     assert differing == {"model.symmetry", "points.num"} and d8.points.num % 16 == 0
+
+
+@pytest.mark.parametrize("source", ["fits", "locs"])
+def test_cep152_c9_imposes_the_ring_on_the_same_recipe(source):
+    plain, c9 = cep152.get_config(source), cep152.get_config(f"{source}_c9")
+    differing = {f for f in _fields(plain) if _get(plain, f) != _get(c9, f)}
+    assert differing == {"model.symmetry", "points.num"}
+    assert c9.model.symmetry == "c9" and c9.points.num % 9 == 0 and abs(c9.points.num - plain.points.num) < 9
+    with pytest.raises(ValueError, match="unknown CEP152 variant"):
+        cep152.get_config("c9")
