@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import machine  # noqa: E402
 
 CHILD = """
 import resource, sys, time
@@ -58,18 +59,6 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> None:
         df.to_csv(path, mode="a" if start else "w", header=not start, index=False, float_format="%.3f")
 
 
-def machine() -> str:
-    """CPU model and vector extensions, from /proc/cpuinfo where there is one."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    vector = [f for f in ("avx2", "avx512f", "fma") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {'/'.join(vector) or 'no AVX2'}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -83,7 +72,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
         n, seconds, base_kb, peak_kb = out.stdout.split()
         result = {
-            "machine": machine(),
+            "machine": machine.cpu(),
             "rows": int(n),
             "file_mb": path.stat().st_size / 1e6,
             "write_s": write_s,

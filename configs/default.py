@@ -55,6 +55,14 @@ refine   per-image pose refinement after training (auto-decoding):
          images (0: the training batch) at the schedule's final sigma;
          ``lr`` for the poses (rotation vectors and translations), ``plr``
          for the points (unset: optim.plr, else optim.lr).
+search   a global pose search (projection matching, holly_jax/search.py):
+         ``use`` "refine" starts each refinement row from the better (lower
+         loss) of the network's best hypothesis and the search's pose;
+         "none" (the original) skips it. The search scores a grid over
+         SO(3) at ``grid_deg`` degrees, keeps the best ``keep`` rotations per
+         image and refines them for ``levels`` local levels (the step
+         halving each time); ``chunk`` rotations are drawn at once per image
+         (memory: batch x chunk images).
 halves   gold-standard half-set runs (``launch.py --mode=halves``):
          ``half`` 1 or 2 trains on that half of the training items only (a
          seeded split; 0: all); ``voxel``: the FSC volumes' voxel size (nm
@@ -144,6 +152,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.refine.batch_size = 0
     config.refine.lr = 3e-3
     config.refine.plr = config_dict.placeholder(float)
+
+    # Global pose search ("none": the original)
+    config.search = ml_collections.ConfigDict()
+    config.search.use = "none"
+    config.search.grid_deg = 15.0
+    config.search.levels = 4
+    config.search.keep = 8
+    config.search.chunk = 16
 
     # Half-set FSC
     config.halves = ml_collections.ConfigDict()

@@ -118,7 +118,9 @@ def rotation_error(
             pred = F @ R_pred @ F if mirrored else R_pred
             R_align = np.asarray(R_align, np.float64)
             q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R^T
-            results.append(PoseError(_angles_to_group_deg(q, _with(group, imposed, R_align, mirrored)), bool(mirrored), R_align))
+            results.append(
+                PoseError(_angles_to_group_deg(q, _with(group, imposed, R_align, mirrored)), bool(mirrored), R_align)
+            )
         best = min(results, key=lambda r: np.median(r.errors_deg))
         return best._replace(errors_deg=np.min([r.errors_deg for r in results], axis=0))
     else:

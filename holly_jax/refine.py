@@ -39,6 +39,7 @@ from holly_jax import (
     render,
     rotations,
     salts,
+    search,
 )
 from holly_jax.errors import InputError
 from holly_jax.setup import Setup
@@ -182,16 +183,32 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
 
 
 def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
-    """Rows for the first ``ph.rows`` training items, started from the network's winning hypothesis."""
+    """Rows for the first ``ph.rows`` training items, started from the network's winning hypothesis (or,
+    with ``search.use="refine"``, the global search's pose where its loss is lower)."""
     items = np.asarray(setup.ds.splits["train"][: ph.rows], np.int32)
     b = setup.batch_size
     sigma = jnp.float32(ph.sigma)
+
+    searched = setup.cfg.search.use == "refine"
 
     @jax.jit
     def poses(state, arrays, batch):
         targets = data.targets(setup.ds, arrays, batch, sigma, jnp.int32(setup.total_steps))
         out = forward.predict(setup, state.params, state.batch_stats, targets, sigma)
-        return out.pose.R_Bx3x3, out.pose.t_Bx2, out.sigma_B
+        R, t = out.pose.R_Bx3x3, out.pose.t_Bx2
+        if searched:  # the search's pose where it fits the image better than the network's
+            found = search.search(
+                forward.cloud(setup, state.params["points"]),
+                targets,
+                sigma,
+                setup.ds.size,
+                setup.cfg.train.normalise,
+                search.settings(setup.cfg),
+            )
+            better = found.loss_B < out.loss_B
+            R = jnp.where(better[:, None, None], found.R_Bx3x3, R)
+            t = jnp.where(better[:, None], found.t_Bx2, t)
+        return R, t, out.sigma_B
 
     padded = np.concatenate([items, np.full((-len(items)) % b, items[0], np.int32)])
     parts = [

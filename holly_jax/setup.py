@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from holly_jax import data, locs, loss, model, points, symmetry
+from holly_jax import data, locs, loss, model, points, search, symmetry
 from holly_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -114,6 +114,10 @@ BOUNDS: dict[str, Bounds] = {
     "refine.batch_size": _SIZE,
     "refine.lr": _POSITIVE,
     "refine.plr": _POSITIVE._replace(optional=True),
+    "search.grid_deg": Bounds(0, 90, low_open=True),
+    "search.levels": Bounds(0, 8, integer=True),
+    "search.keep": Bounds(1, 256, integer=True),
+    "search.chunk": _COUNT,
 }
 
 
@@ -152,6 +156,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         ("model.rotation", cfg.model.rotation, tuple(model.ROTATION_HEADS)),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("points.init", cfg.points.init, points.INITS),
+        ("search.use", cfg.search.use, search.USES),
     )
     for name, value, allowed in choices:
         if value not in allowed:

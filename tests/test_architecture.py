@@ -19,8 +19,8 @@ LAYERS = [
     "evaluate", "halfsets", "workdirs", "refine", "train",
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
     "data", "simulate", "locsim", "exports", "locs", "fits",
-    "shapes", "fsc", "volume", "outputs", "symmetry", "plots", "metrics", "poses", "pointfile", "model", "render",
-    "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors",
+    "shapes", "fsc", "volume", "outputs", "symmetry", "plots", "metrics", "poses", "pointfile", "model", "search",
+    "render", "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors",
 ]
 # fmt: on
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
