@@ -30,7 +30,10 @@ model    the pose network: ``predict_sigma`` (else the schedule's sigma is
          "dN", "t", "o", "i"; the learned points are one asymmetric unit,
          drawn under every rotation of the group; points.num counts them all);
          ``num_heads`` K > 1 predicts K pose hypotheses per image and trains
-         only the best (winner takes all); 1 is the original.
+         only the best (winner takes all); 1 is the original;
+         ``symmetrised_loss`` also scores every hypothesis at its in-plane
+         half turn and keeps the lower loss (cryoAI), against poses that land
+         180 degrees off about the optical axis.
 points   the learned cloud: ``num`` points, ``init`` ("uniform", "spot",
          "poisson"); ``fixed``: a point file held fixed, which trains the
          network alone (the original's pose-only mode).
@@ -107,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.rotation = "axis_angle"
     config.model.dtype = "float32"
     config.model.num_heads = 1
+    config.model.symmetrised_loss = False
 
     # Learned points
     config.points = ml_collections.ConfigDict()

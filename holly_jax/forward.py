@@ -45,7 +45,9 @@ def predict(
     """The network's poses for target images and the learned points drawn at them, scored against the targets.
 
     With K pose heads every hypothesis is drawn and scored, and each image keeps its best (winner takes
-    all): the loss, and so the gradient, reaches only the winning head.
+    all): the loss, and so the gradient, reaches only the winning head. With ``model.symmetrised_loss``
+    each hypothesis (R, t) is also scored at its in-plane half turn (diag(-1, -1, 1) R, -t), which draws
+    the same image turned by 180 degrees, and the lower loss counts (cryoAI).
     """
     mode = setup.cfg.train.normalise
     net, size = setup.net, setup.ds.size
@@ -59,19 +61,33 @@ def predict(
     b, k = inputs.shape[0], net.num_heads
     sigma = pose.sigma_B if net.predict_sigma else jnp.full(pose.t_Bx2.shape[:-1], sigma_in)
     points = cloud(setup, params["points"])
-    if k == 1:
+    flip = bool(setup.cfg.model.symmetrised_loss)
+    if k == 1 and not flip:
         images = render.render_poses(points, pose.R_Bx3x3, pose.t_Bx2, sigma, size)
         return Prediction(
             loss.l1_per_image(images, targets_BxHxW, mode), pose, sigma, images, new_stats, jnp.zeros((b,), jnp.int32)
         )
+    if k == 1:  # one hypothesis: a hypothesis axis of length 1
+        pose, sigma = model.Pose(*(None if f is None else f[:, None] for f in pose)), sigma[:, None]
+    if flip:  # cryoAI's symmetrised loss: each hypothesis also at its in-plane half turn (the image turned 180)
+        half_turn = jnp.diag(jnp.array([-1.0, -1.0, 1.0], pose.R_Bx3x3.dtype))
+        both = lambda x, turned: jnp.concatenate([x, turned], axis=1)
+        pose = model.Pose(
+            both(pose.R_Bx3x3, jnp.einsum("ij,bkjl->bkil", half_turn, pose.R_Bx3x3)),
+            both(pose.rotation_raw, pose.rotation_raw),
+            both(pose.t_Bx2, -pose.t_Bx2),
+            None if pose.sigma_B is None else both(pose.sigma_B, pose.sigma_B),
+        )
+        sigma = both(sigma, sigma)
+    h = pose.R_Bx3x3.shape[1]
     images = render.render_poses(
-        points, pose.R_Bx3x3.reshape(b * k, 3, 3), pose.t_Bx2.reshape(b * k, 2), sigma.reshape(b * k), size
-    ).reshape(b, k, *size)
-    loss_BxK = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
-    head = jnp.argmin(loss_BxK, axis=1)
+        points, pose.R_Bx3x3.reshape(b * h, 3, 3), pose.t_Bx2.reshape(b * h, 2), sigma.reshape(b * h), size
+    ).reshape(b, h, *size)
+    loss_BxH = loss.l1_per_image(images, targets_BxHxW[:, None], mode)
+    head = jnp.argmin(loss_BxH, axis=1)
     best = lambda x: jnp.take_along_axis(x, head.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
     pose = model.Pose(*(None if f is None else best(f) for f in pose))
-    return Prediction(best(loss_BxK), pose, best(sigma), best(images), new_stats, head)
+    return Prediction(best(loss_BxH), pose, best(sigma), best(images), new_stats, head % k)
 
 
 def sigma_now(setup: Setup, sigmas_S: jax.Array, step: jax.Array) -> jax.Array:
