@@ -7,6 +7,8 @@ Measures, in one process:
 - training images/s at the original's headline settings (128x128, 230 points) for batch 20 and 32 (and 256
   and 1024 on a GPU), with compile time and the share of the CNN's FLOPs the step achieves
   (0.68 GFLOP per 128x128 image forward+backward, against the device's peak from its specification);
+- the machine: CPU model and vector extensions, and its float32 matrix-product rate measured in the same
+  run (bench/machine.py); training throughput is also given as a share of that rate;
 - peak host memory and, where the backend reports it, peak device memory;
 - before/after ratios of the step's optimisations, each measured here against the variant without it:
   donated state buffers, sigma as data (against sigma as a static argument, which recompiles as the
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import machine  # noqa: E402
 from bench import render as render_bench  # noqa: E402
 from configs import default  # noqa: E402
 from holly_jax import input_pipeline, simulate, train  # noqa: E402
@@ -122,6 +125,8 @@ def main() -> None:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "machine": machine.cpu(),
+        "matmul_gflops_float32": machine.matmul_gflops(),
     }
 
     results["renderer"] = render_bench.measure(size=128, points=230, batch=20, seconds=0.5 if args.quick else 2.0)
@@ -132,6 +137,10 @@ def main() -> None:
         figures = time_training(setup, steps)
         peak, source = device_peak_tflops("float32")
         figures["cnn_flop_share"] = figures["images_per_s"] * CNN_GFLOP_PER_IMAGE * 1e9 / (peak * 1e12)
+        # against what this machine measurably multiplies (machine-independent, unlike images/s)
+        figures["cnn_share_of_matmul_rate"] = (
+            figures["images_per_s"] * CNN_GFLOP_PER_IMAGE / results["matmul_gflops_float32"]
+        )
         figures["peak_tflops"], figures["peak_source"] = peak, source
         results["training"][f"batch_{batch}"] = figures
 
