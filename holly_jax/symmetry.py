@@ -447,7 +447,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     ranking, found = rank(points), find(points)
     picture = args.picture or f"{args.cloud}.symmetry.png"
-    plots.save_symmetry_scores(picture, ranking, title=args.cloud)
+    try:
+        plots.save_symmetry_scores(picture, ranking, title=args.cloud)
+    except OSError as e:
+        raise SystemExit(f"error: {picture}: cannot write the picture ({e.strerror or e})") from None
     print(f"{args.cloud}: {len(points)} points; a group holds at RMS <= {ranking.limit:.2f} point spacings")
     print(f"(rotations that are no symmetry give {ranking.chance:.2f})")
     print(ranking.table())
