@@ -197,10 +197,10 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
         out = forward.predict(setup, state.params, state.batch_stats, targets, sigma)
         R, t = out.pose.R_Bx3x3, out.pose.t_Bx2
         if searched:  # the search's pose where it fits the image better than the network's
-            found = search.search(
+            found = search.search(  # scored at the sigma the row keeps, as the network's pose is
                 forward.cloud(setup, state.params["points"]),
                 targets,
-                sigma,
+                out.sigma_B,
                 setup.ds.size,
                 setup.cfg.train.normalise,
                 search.settings(setup.cfg),

@@ -8,9 +8,9 @@ viewing directions (a Fibonacci sphere) and in-plane angles at the same spacing;
 the 27 turns {-s, 0, s}^3 (s halving per level) around each image's kept candidates. Every candidate is
 scored by the training loss (L1 after normalisation, ``loss.l1_per_image``) with its translation set by
 matching the drawn cloud's centroid to the image's. Everything runs in one jitted function: the grid is
-visited in fixed chunks by ``lax.scan`` with the best ``keep`` candidates per image carried along, so
-memory holds B x chunk images at a time whatever the grid's size, and no Python loop visits images or
-rotations.
+visited in fixed chunks by ``lax.scan`` with the best ``keep`` candidates per image carried along, so the
+working memory holds B x chunk images at a time whatever the grid's size (the grid itself, G x 3 x 3, is
+the one thing that grows with it), and no Python loop visits images or rotations.
 """
 
 from __future__ import annotations
@@ -97,14 +97,16 @@ def centred(points_Nx3: jax.Array, R_Cx3x3: jax.Array, target_HxW: jax.Array, si
 
 
 def _scores(points_Nx3, R_BxCx3x3, targets_BxHxW, sigma, size, mode):
-    """Each image's loss at each of its C rotations (centroids matched): B x C, and the translations."""
+    """Each image's loss at each of its C rotations (centroids matched), drawn at its sigma (a scalar or
+    one per image): B x C, and the translations."""
 
-    def one(R_Cx3x3, target):
+    def one(R_Cx3x3, target, sigma):
         t = centred(points_Nx3, R_Cx3x3, target, size)
         images = render.render_poses(points_Nx3, R_Cx3x3, t, jnp.full((len(R_Cx3x3),), sigma), size)
         return loss.l1_per_image(images, target[None], mode), t
 
-    return jax.vmap(one)(R_BxCx3x3, targets_BxHxW)
+    sigma_B = jnp.broadcast_to(jnp.asarray(sigma, targets_BxHxW.dtype), targets_BxHxW.shape[:1])
+    return jax.vmap(one)(R_BxCx3x3, targets_BxHxW, sigma_B)
 
 
 def _best(loss_BxM, R_BxMx3x3, keep):
@@ -150,8 +152,8 @@ def local(points_Nx3, R_BxKx3x3, targets_BxHxW, sigma, size, mode, step_rad: flo
 
 
 def search(points_Nx3, targets_BxHxW, sigma, size: render.Size, mode: str, settings: Search, grid_Gx3x3=None) -> Found:
-    """The global search for a batch of images (traceable: call it inside jit). ``grid_Gx3x3`` defaults to
-    ``grid(settings.grid_deg)``."""
+    """The global search for a batch of images (traceable: call it inside jit), the points drawn at
+    ``sigma`` (a scalar, or one per image). ``grid_Gx3x3`` defaults to ``grid(settings.grid_deg)``."""
     if grid_Gx3x3 is None:
         grid_Gx3x3 = grid(settings.grid_deg)
     keep = min(settings.keep, len(grid_Gx3x3))

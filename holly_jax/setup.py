@@ -114,7 +114,7 @@ BOUNDS: dict[str, Bounds] = {
     "refine.batch_size": _SIZE,
     "refine.lr": _POSITIVE,
     "refine.plr": _POSITIVE._replace(optional=True),
-    "search.grid_deg": Bounds(0, 90, low_open=True),
+    "search.grid_deg": Bounds(3, 90),  # 3 degrees: 550,000 rotations, 20 MB
     "search.levels": Bounds(0, 8, integer=True),
     "search.keep": Bounds(1, 256, integer=True),
     "search.chunk": _COUNT,

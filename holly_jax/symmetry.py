@@ -13,7 +13,12 @@ Cn, Dn, T, O or I (C1 when none holds); its elements are built by closure.
 A near-symmetry maps most of the cloud onto itself but not all of it: a
 shape symmetric but for a small feature, where poses go wrong.
 
-    python -m holly_jax.symmetry CLOUD.ply    prints the group and the near-symmetries
+``rank`` scores every named candidate group (C2..C16, D2..D16, T, O, I) at
+its best orientation and ranks them: the groups that hold, largest first,
+then the rest, closest first; the first is the group to impose.
+
+    python -m holly_jax.symmetry CLOUD.ply    prints the ranked table, the group to impose and the
+                                              near-symmetries, and draws the scores (CLOUD.ply.symmetry.png)
 """
 
 from __future__ import annotations
@@ -178,7 +183,7 @@ class _Cloud(NamedTuple):
 
 
 def _cloud(points_Nx3: np.ndarray) -> _Cloud | None:
-    x = np.asarray(points_Nx3, np.float64)
+    x = np.unique(np.asarray(points_Nx3, np.float64), axis=0)  # a repeated point has no spacing
     x = x - x.mean(0)
     if len(x) > MAX_POINTS:  # a large cloud: its symmetry shows in a sample
         x = x[np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False)]
@@ -434,11 +439,15 @@ def main(argv: list[str] | None = None) -> None:
     from holly_jax import plots, pointfile
     from holly_jax.errors import InputError
 
-    parser = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, not argparse's usage block
+            raise SystemExit(f"error: {message} (usage: python -m holly_jax.symmetry CLOUD.ply [--picture PNG])")
+
+    parser = Parser(
         prog="python -m holly_jax.symmetry",
         description="Rank every point group (C2..C16, D2..D16, T, O, I) by how well it maps a cloud onto itself.",
     )
-    parser.add_argument("cloud", help="a point cloud: PLY, OBJ or CSV (a run's final.ply)")
+    parser.add_argument("cloud", help="a point cloud: PLY or OBJ (a run's final.ply)")
     parser.add_argument("--picture", default=None, help="where the scores' picture goes (default CLOUD.symmetry.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -44,6 +44,12 @@ def test_the_grid_covers_rotation_space():
     d = search.directions(50)
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-12)
     assert abs(d.mean(0)).max() < 0.05  # spread over the whole sphere
+    G = search.grid(30.0)
+    views = search.directions(round(4 * np.pi / np.radians(30.0) ** 2))
+    per_view = len(G) // len(views)
+    np.testing.assert_allclose(
+        np.einsum("vij,vj->vi", G[::per_view], views), np.broadcast_to([0, 0, 1.0], views.shape), atol=1e-5
+    )
 
 
 def test_the_search_finds_the_pose_an_image_was_drawn_at(drawn):
@@ -67,7 +73,8 @@ def test_chunks_change_nothing(drawn):
     G = jnp.asarray(search.grid(30.0))
     run = lambda chunk: search.coarse(points, G, images, SIGMA, SIZE, "basic", 6, chunk)
     one_loss, one_R = run(len(G))  # the whole grid at once
-    for chunk in (7, 64):  # the last chunk overlaps the one before it for 7; not for len(G) % 64
+    assert len(G) % 69 == 0 and len(G) % 64  # 69 tiles the grid; 7 and 64 end on a chunk that overlaps
+    for chunk in (7, 64, 69):
         loss_, R_ = run(chunk)
         np.testing.assert_array_equal(np.asarray(R_), np.asarray(one_R))
         np.testing.assert_allclose(np.asarray(loss_), np.asarray(one_loss), rtol=1e-6)
@@ -89,6 +96,7 @@ def test_memory_does_not_grow_with_the_grid():
         ("use", "always", "unknown value"),
         ("grid_deg", 0.0, "search.grid_deg"),
         ("grid_deg", -5.0, "search.grid_deg"),
+        ("grid_deg", 1.0, "search.grid_deg"),
         ("keep", 0, "search.keep"),
         ("chunk", 0, "search.chunk"),
         ("levels", -1, "search.levels"),
@@ -102,8 +110,10 @@ def test_bad_settings_are_one_line_errors(field, value, problem):
     assert "\n" not in str(e.value)
 
 
-def test_seeding_the_refinement_table_never_starts_a_row_worse():
+@pytest.mark.parametrize("predict_sigma", [False, True])
+def test_seeding_the_refinement_table_never_starts_a_row_worse(predict_sigma):
     cfg = tiny.get_config()
+    cfg.model.predict_sigma = predict_sigma  # rows keep the network's sigma: the search is scored at it
     cfg.refine.steps, cfg.refine.images, cfg.refine.batch_size = 1, 16, 8
     cfg.search.grid_deg, cfg.search.levels = 30.0, 2
     setup = create_setup(cfg)

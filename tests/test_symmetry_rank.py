@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from test_symmetry import OBJS, TURN, _orbit
 
@@ -53,11 +54,18 @@ def test_subgroups_hold_but_rank_below_the_group():
 
 
 def test_noise_of_the_point_spacing_breaks_the_group():
-    """A blob as large as the cloud's spacing everywhere hides the symmetry: the ranking must not claim it."""
+    """Noise of a few nearest-neighbour spacings hides the symmetry: the ranking must not claim it."""
     exact = _orbit(symmetry.group_rotations("c5"))
+    spacing = float(np.median(cKDTree(exact).query(exact, k=2)[0][:, 1]))
     assert symmetry.rank(exact).best.name == "C5"
-    spacing = np.median(np.linalg.norm(exact[:, None] - exact[None], axis=-1) + 1e9 * np.eye(len(exact)), axis=0)
-    assert symmetry.rank(_noisy(exact, 3 * float(np.min(spacing)), seed=1)).best.name == "C1"
+    assert symmetry.rank(_noisy(exact, 0.3 * spacing, seed=1)).best.name == "C5"
+    assert symmetry.rank(_noisy(exact, 3 * spacing, seed=1)).best.name == "C1"
+
+
+def test_repeated_points_count_once():
+    cloud = _orbit(symmetry.group_rotations("c6"))
+    assert symmetry.rank(np.concatenate([cloud, cloud, cloud[:30]])).best.name == "C6"
+    assert symmetry.rank(np.zeros((10, 3))).best.name == "C1"
 
 
 def test_the_command_line_prints_the_table_and_writes_the_picture(tmp_path):
@@ -74,6 +82,8 @@ def test_the_command_line_prints_the_table_and_writes_the_picture(tmp_path):
     assert "--config.model.symmetry=c4" in run.stdout
     picture = tmp_path / "cloud.ply.symmetry.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    usage = subprocess.run([sys.executable, "-m", "holly_jax.symmetry"], cwd=REPO, capture_output=True, text=True)
+    assert usage.returncode != 0 and len(usage.stderr.strip().splitlines()) == 1
     missing = subprocess.run(
         [sys.executable, "-m", "holly_jax.symmetry", str(tmp_path / "nope.ply")],
         cwd=REPO,
