@@ -291,6 +291,10 @@ def evaluate(
         plots.save_cloud_views(out / "cloud.png", learned, title="learned points (no ground truth given)")
     detected = symmetry.rank(learned)  # what the learned cloud's own symmetry suggests imposing
     results.update(detected.summary())
+    if setup.group is not None:  # the learned cloud holds the imposed group by construction: does it explain
+        # what was detected? A group that does not contain it means more symmetry than imposed, e.g. a ring
+        # smeared round its axis: the imposed group may be wrong
+        results["imposed_group_in_detected"] = symmetry.contains(detected.best.rotations_Gx3x3, setup.group)
     plots.save_symmetry_scores(out / "symmetry.png", detected, title="the learned cloud's symmetry")
 
     targets, R_true, idx = held_out(setup, sigma)

@@ -304,6 +304,12 @@ class Ranking(NamedTuple):
         }
 
 
+def contains(group_Gx3x3: np.ndarray, rotations_Hx3x3: np.ndarray) -> bool:
+    """Whether every rotation lies within MERGE_DEG of an element of the group."""
+    cos = (np.einsum("gij,hij->hg", np.asarray(group_Gx3x3), np.asarray(rotations_Hx3x3)) - 1) / 2
+    return bool(np.all(cos.max(axis=1) >= np.cos(np.radians(MERGE_DEG))))
+
+
 def _frame(z: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
     """A rotation taking the z axis to ``z`` (and the x axis to ``x``'s part perpendicular to it)."""
     z = z / np.linalg.norm(z)

@@ -145,6 +145,6 @@ def test_a_run_learns_a_unit_and_writes_the_symmetric_cloud(tmp_path):
     assert np.abs(turned[:, None] - full[None]).sum(-1).min(1).max() < 1e-4  # the cloud maps onto itself
     # the evaluation's detection sees the imposed group on the learned cloud, and draws its scores
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["detected_symmetry"] == "C3"
+    assert metrics["detected_symmetry"] == "C3" and metrics["imposed_group_in_detected"] is True
     assert (run / "eval" / "symmetry.png").read_bytes()[:4] == b"\x89PNG"
     assert "eval/symmetry.png" in (run / "report.html").read_text()

@@ -99,3 +99,14 @@ def test_a_turned_copy_scores_the_same():
     a, b = symmetry.rank(cloud), symmetry.rank(cloud @ Rotation.random(random_state=9).as_matrix().T)
     assert a.best.name == b.best.name == "D4"
     assert abs(a.best.ratio - b.best.ratio) < 0.1 * a.limit
+
+
+def test_a_ring_smeared_round_its_axis_is_more_symmetric_than_an_imposed_group_explains():
+    """A wrong group imposed on a ring can smear its subunits round the axis: every order then holds, and
+    the detected group does not contain the imposed one. A cloud that only has the group does."""
+    c7 = symmetry.group_rotations("c7")
+    assert symmetry.contains(symmetry.rank(_orbit(c7) @ TURN.T).best.rotations_Gx3x3, TURN @ c7 @ TURN.T)
+    angles = np.arange(113) * 2 * np.pi / 113  # a prime count: the ring has no order up to 16 exactly
+    ring = _noisy(np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], 1), 0.002)
+    smeared = symmetry.rank(ring @ TURN.T)
+    assert smeared.best.order > 16 and not symmetry.contains(smeared.best.rotations_Gx3x3, TURN @ c7 @ TURN.T)
