@@ -38,6 +38,7 @@ HOLDS = 2.0  # a symmetry: RMS distance of rotated points to the cloud at most t
 MISS = 3.0  # a point is not mapped when it lands farther than this many spacings from the cloud
 NEAR_MISSED = 0.25  # a near-symmetry leaves at most this share of the points unmapped
 MERGE_DEG = 5.0  # axes (and group elements) closer than this are one
+ISOLATED = 10.0  # a point whose nearest neighbour is farther than this many median spacings is left out
 NOT_AN_ELEMENT_DEG = 15.0  # a near-symmetry is at least this far from every element of the group
 
 
@@ -189,8 +190,14 @@ def _cloud(points_Nx3: np.ndarray) -> _Cloud | None:
         x = x[np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False)]
     if len(x) < 3:
         return None
+    spacing = cKDTree(x).query(x, k=2)[0][:, 1]
+    if np.any(spacing > ISOLATED * np.median(spacing)):  # stray points (a learned point left far out): no structure
+        x = x[spacing <= ISOLATED * np.median(spacing)]
+        x = x - x.mean(0)
+        if len(x) < 3:
+            return None
+        spacing = cKDTree(x).query(x, k=2)[0][:, 1]
     tree = cKDTree(x)
-    spacing = tree.query(x, k=2)[0][:, 1]
     principal, others = _candidates(x, tree)
     scored = _score(x, tree, spacing, principal, list(range(2, MAX_ORDER + 1)))
     scored += _score(x, tree, spacing, others, [2, 3, 4, 5])

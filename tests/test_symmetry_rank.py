@@ -110,3 +110,10 @@ def test_a_ring_smeared_round_its_axis_is_more_symmetric_than_an_imposed_group_e
     ring = _noisy(np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], 1), 0.002)
     smeared = symmetry.rank(ring @ TURN.T)
     assert smeared.best.order > 16 and not symmetry.contains(smeared.best.rotations_Gx3x3, TURN @ c7 @ TURN.T)
+
+
+def test_a_stray_point_does_not_hide_the_group():
+    """A learned point left far out (seen in a C1 run of the pore) has no structure to map: it is left out."""
+    pore = pointfile.read_points(OBJS / "nuclear_pore.obj")
+    stray = np.concatenate([pore, [[4.0, 0.5, -1.0]]])
+    assert symmetry.rank(stray).best.name == "D8" and symmetry.find(stray).name in ("C8", "D8")
