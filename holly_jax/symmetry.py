@@ -27,6 +27,7 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -348,8 +349,6 @@ def _sample(x_Nx3: np.ndarray) -> np.ndarray:
 def _polished_axis(cloud: _Cloud, direction: np.ndarray, order: int) -> np.ndarray:
     """An axis moved (Nelder-Mead, within a few degrees) to where its n-fold rotation maps the cloud best:
     candidate directions come from points and midpoints, a few degrees off a true axis."""
-    from scipy.optimize import minimize
-
     u, v = _frame(direction)[:, 0], _frame(direction)[:, 1]
     along = lambda p: _unit(direction + p[0] * u + p[1] * v)[0]
     cost = lambda p: float(
@@ -369,8 +368,6 @@ def _polished_axis(cloud: _Cloud, direction: np.ndarray, order: int) -> np.ndarr
 def _refined(cloud: _Cloud, candidate: Candidate, Q: np.ndarray) -> Candidate:
     """The candidate's orientation polished (Nelder-Mead over a small turn of Q, on the mean squared
     distance of every element's rotated points), kept when it scores better."""
-    from scipy.optimize import minimize
-
     x = _sample(cloud.x_Nx3)
     group = group_rotations(candidate.name)[1:]
 
@@ -410,9 +407,8 @@ def rank(points_Nx3: np.ndarray, top_axes: int = 3) -> Ranking:
     sample = cloud._replace(x_Nx3=_sample(cloud.x_Nx3))
     plausible = lambda c: not c.holds and c.ratio < min(cloud.chance / 2, 2 * cloud.limit)
     for n in range(2, MAX_ORDER + 1):
-        cyclic, Q = best(
-            [(_judge(cloud, f"C{n}", _frame(a.direction)), _frame(a.direction)) for a in by_order[n][:top_axes]]
-        )
+        frames = [_frame(a.direction) for a in by_order[n][:top_axes]]
+        cyclic, Q = best([(_judge(cloud, f"C{n}", F), F) for F in frames])
         if plausible(cyclic):  # a few degrees off can fail an axis that holds
             Q = _frame(_polished_axis(sample, Q[:, 2], n))
             cyclic, Q = best([(cyclic, Q), (_judge(cloud, f"C{n}", Q), Q)])
