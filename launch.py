@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from holly_jax import evaluate, infer, outputs, pipeline
+from holly_jax import evaluate, hosts, infer, outputs, pipeline
 from holly_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -45,15 +45,28 @@ flags.DEFINE_bool("normalise", False, "render: scale the image to sum 100 (basic
 flags.DEFINE_bool(
     "distributed",
     False,
-    "train on several hosts: call jax.distributed.initialize() first (its "
-    "settings come from the cluster environment); the global batch is the "
-    "config's batch size times the number of processes.",
+    "train on several processes or hosts (JAX's distributed runtime): the settings come from the flags "
+    "below or the cluster (SLURM, Open MPI); the global batch is the config's batch size times the number "
+    "of processes, and process 0 alone writes files.",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "--distributed on plain hosts: HOST:PORT of process 0, the same for every process (default: "
+    "$JAX_COORDINATOR_ADDRESS, or found by JAX under SLURM or Open MPI).",
+)
+flags.DEFINE_integer("num_processes", None, "--distributed on plain hosts: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "--distributed on plain hosts: this process's number, 0 .. num_processes - 1.")
+flags.DEFINE_integer(
+    "distributed_timeout",
+    300,
+    "--distributed: seconds to wait for every process to join, and for a silent process before the others stop.",
 )
 
 
 def fail(message: str, status: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
+    hosts.leave(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -84,6 +97,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(" ".join(str(e).split()), 2)
 
 
+def start_distributed() -> None:
+    try:
+        hosts.join(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_timeout)
+    except Exception as e:
+        fail(f"--distributed: cannot join the other processes: {' '.join(str(e).split())[:300]}")
+
+
 def require(*names: str) -> None:
     missing = [f"--{n}" for n in names if FLAGS[n].value is None]
     if missing:
@@ -96,12 +116,14 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep library chatter (orbax, XLA) out of the way
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        hosts.quiet_runtime()
+        start_distributed()
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     workdir = Path(FLAGS.workdir) if FLAGS.workdir else None
     if workdir is not None and workdir.exists() and not workdir.is_dir():
         fail(f"{workdir}: exists and is not a folder: --workdir must name a folder")
     keep_log = workdir is not None and (FLAGS.mode in ("train", "halves") or workdir.is_dir())
+    keep_log = keep_log and jax.process_index() == 0  # with several processes, process 0 alone writes
     with contextlib.ExitStack() as stack:
         log = None
         if keep_log:
@@ -112,13 +134,12 @@ def main(argv):
         try:
             run_mode()
         except InputError as e:
-            fail(str(e))
+            fail(hosts.lost(e) or str(e))
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
         except Exception as e:  # anything unexpected: one line here, the traceback in a log
-            fail(
-                f"unexpected {e.__class__.__name__}: {' '.join(str(e).split())[:200]} ({keep_traceback(log, workdir)})"
-            )
+            text = " ".join(str(e).split())[:200]
+            fail(hosts.lost(e) or f"unexpected {e.__class__.__name__}: {text} ({keep_traceback(log, workdir)})")
 
 
 def keep_traceback(log, workdir: Path | None) -> str:
@@ -164,4 +185,6 @@ def run_mode() -> None:
 
 
 if __name__ == "__main__":
+    if hosts.wanted(sys.argv) and hosts.ENV not in os.environ:
+        sys.exit(hosts.supervise(sys.argv))  # the run itself is a child process: see holly_jax/hosts.py
     app.run(main, flags_parser=parse_flags)

@@ -36,7 +36,7 @@ def cloud(setup: Setup, points_Ux3: jax.Array) -> jax.Array:
 
 def full_cloud(setup: Setup, points_Ux3) -> np.ndarray:
     """``cloud`` on the host, for files and pictures."""
-    return np.asarray(cloud(setup, jnp.asarray(points_Ux3)))
+    return np.asarray(cloud(setup, jnp.asarray(np.asarray(points_Ux3))))  # on this process's device alone
 
 
 def predict(

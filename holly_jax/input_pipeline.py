@@ -74,7 +74,7 @@ def train_batches(setup: Setup, start: int) -> Iterator[jax.Array]:
     """Device batches for training steps start, start + 1, ..."""
 
     def make(items, step):
-        return jax.device_put(host_batch(setup, items, step), setup.batch_sharded())
+        return setup.split(host_batch(setup, items, step))
 
     return batches(
         lambda epoch: epoch_order(setup, epoch), setup.steps_per_epoch, setup.batch_size, start, setup.total_steps, make

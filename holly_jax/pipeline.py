@@ -44,9 +44,9 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     if primary:
         for stale in workdir.rglob(".*.tmp"):  # half-written files of a killed run (see atomic.write_atomic)
             stale.unlink(missing_ok=True)
-    setup = create_setup(cfg, cache_dir=workdir / "cache")
+    setup = create_setup(cfg, cache_dir=workdir / "cache" if primary else None)  # others hold images in memory
     mngr = checkpoints.manager(workdir, cfg)
-    state = jax.device_put(train.restore_or_init(setup, mngr, workdir), setup.replicated())
+    state = train.restore_or_init(setup, mngr, workdir)
     if int(state.step) > setup.total_steps:
         raise InputError(
             workdir,
@@ -71,17 +71,27 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     if images is not None and images.skipped:
         rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
     if primary:
-        points = forward.full_cloud(setup, state.params["points"])
+        here = setup.local()
+        points = forward.full_cloud(here, state.params["points"])
         outputs.write_shape(workdir, "final", points, subfolders=False)
         if setup.group is not None:  # the asymmetric unit the group copies
             outputs.write_shape(workdir, "final_unit", np.asarray(state.params["points"]), subfolders=False)
         scale = setup.ds.scale
         pixel_nm = scale.pixel_nm(setup.ds.size[0])
-        sigma_nm = None if pixel_nm is None else forward.final_sigma(setup) * pixel_nm
+        sigma_nm = None if pixel_nm is None else forward.final_sigma(here) * pixel_nm
         written = exports.write_all(workdir, points, scale.nm_per_unit, sigma_nm)
         rec.say(f"in nm: {', '.join(written)} ({scale.nm_per_unit:.4g} nm per unit)" if written else scale.how)
     rec.close()
     return workdirs.Saved(setup, state, refined)
+
+
+def on_this_process(saved: workdirs.Saved) -> workdirs.Saved:
+    """A fitted run moved to this process's own devices, for work process 0 does alone (the evaluation)."""
+    if jax.process_count() == 1:
+        return saved
+    here = saved.setup.local()
+    move = lambda tree: None if tree is None else here.replicate(jax.device_get(tree))  # noqa: E731
+    return workdirs.Saved(here, move(saved.state), move(saved.refined))
 
 
 def scale_record(setup) -> dict:
@@ -97,7 +107,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> t
     with workdirs.locked(workdir, primary):
         saved = _fit(cfg, Path(workdir))
         if cfg.train.report and primary:
-            evaluate.evaluate(saved.setup, saved.state, Path(workdir), quiet=True, refined=saved.refined)
+            here = on_this_process(saved)
+            evaluate.evaluate(here.setup, here.state, Path(workdir), quiet=True, refined=here.refined)
             tqdm.write(f"report: {Path(workdir) / 'report.html'}")
     return saved.state
 
@@ -140,13 +151,13 @@ def halves(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             half_cfg = ml_collections.ConfigDict(cfg.to_dict())
             half_cfg.halves.half = half
             half_cfg.train.report = False
-            tqdm.write(f"{name}: {workdir / name}")
+            if primary:
+                tqdm.write(f"{name}: {workdir / name}")
             runs.append(fit(half_cfg, workdir / name))
         if not primary:
             return {}
-        return compare_halves(
-            workdir, runs[0].setup, *(forward.full_cloud(r.setup, r.state.params["points"]) for r in runs)
-        )
+        here = runs[0].setup.local()
+        return compare_halves(workdir, here, *(forward.full_cloud(here, r.state.params["points"]) for r in runs))
 
 
 def compare_halves(workdir: Path, setup, cloud_a: np.ndarray, cloud_b: np.ndarray) -> dict[str, Any]:

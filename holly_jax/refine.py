@@ -15,6 +15,7 @@ always meets the same image.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -191,7 +192,7 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
 
     searched = setup.cfg.search.use == "refine"
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=setup.replicated())
     def poses(state, arrays, batch):
         targets = data.targets(setup.ds, arrays, batch, sigma, jnp.int32(setup.total_steps))
         out = forward.predict(setup, state.params, state.batch_stats, targets, sigma)
@@ -216,9 +217,7 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
             poses(
                 state,
                 setup.ds.arrays,
-                jax.device_put(
-                    input_pipeline.host_batch(setup, padded[i : i + b], setup.total_steps), setup.batch_sharded()
-                ),
+                setup.split(input_pipeline.host_batch(setup, padded[i : i + b], setup.total_steps)),
             )
         )
         for i in range(0, len(padded), b)
@@ -227,7 +226,7 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
     return _fresh_state(
         setup,
         ph,
-        jnp.array(state.params["points"]),  # a copy: the train state may be donated
+        jnp.asarray(np.asarray(state.params["points"])),  # a copy: the train state may be donated
         jnp.asarray(items),
         jnp.asarray(R, jnp.float32),
         jnp.asarray(t, jnp.float32),
@@ -278,7 +277,7 @@ def batches(setup: Setup, ph: Phase, items_M: np.ndarray, start: int):
 
     def make(rows, step):
         batch = input_pipeline.host_batch(setup, items_M[rows], setup.total_steps)
-        return jax.device_put(rows, setup.batch_sharded()), jax.device_put(batch, setup.batch_sharded())
+        return setup.split(rows), setup.split(batch)
 
     def order(epoch):
         return input_pipeline.shuffled(setup.cfg.seed, salts.REFINE_ORDER, ph.rows, epoch).astype(np.int32)
@@ -306,7 +305,10 @@ def load(workdir: str | Path, setup: Setup, state: TrainState, move_damaged: boo
         return None
     ph = phase(setup)
     mngr = checkpoints.manager(Path(workdir) / "refine", setup.cfg)
-    template = jax.eval_shape(lambda: initial_state_shape(setup, state, ph))
+    template = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=setup.replicated()),
+        jax.eval_shape(lambda: initial_state_shape(setup, state, ph)),
+    )
     return checkpoints.restore_latest(mngr, template, "refinement checkpoint", move_damaged)
 
 
@@ -318,7 +320,7 @@ def refine(
     ph = phase(setup)
     mngr = checkpoints.manager(workdir / "refine", setup.cfg)
     rstate = restored if restored is not None else initial_state(setup, state, ph)
-    rstate = jax.device_put(rstate, setup.replicated())
+    rstate = setup.replicate(rstate)
     start = int(rstate.step)
     step_fn = make_step(setup, ph)
     rec.say(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,40 @@ class Setup(NamedTuple):
 
     def batch_sharded(self) -> NamedSharding:
         return NamedSharding(self.mesh, P("data"))
+
+    def replicate(self, tree: Any) -> Any:
+        """Host values (the same on every process) as arrays on every device of the mesh."""
+        return place(tree, self.replicated())
+
+    def split(self, tree: Any) -> Any:
+        """A host batch (the same on every process) as arrays split over the mesh's devices."""
+        return place(tree, self.batch_sharded())
+
+    def local(self) -> Setup:
+        """This setup on this process's own devices, for work process 0 does alone (evaluation, the half-set
+        comparison); itself when there is one process."""
+        if jax.process_count() == 1:
+            return self
+        mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+        arrays = jax.device_put(jax.device_get(self.ds.arrays), NamedSharding(mesh, P()))
+        return self._replace(mesh=mesh, ds=self.ds._replace(arrays=arrays))
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put(tree, sharding)`` where the mesh spans several processes too: each process holds the
+    same host values and puts its own devices' parts of them there."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # a key array travels as its raw bits
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 class Bounds(NamedTuple):
@@ -175,7 +209,7 @@ def create_setup(cfg: ml_collections.ConfigDict, devices: list | None = None, ca
     if b % mesh.size:
         raise InputError(None, f"batch size {b} does not split evenly over {mesh.size} devices")
     ds = data.load(cfg, b, cache_dir)
-    ds = ds._replace(arrays=jax.device_put(ds.arrays, NamedSharding(mesh, P())))
+    ds = ds._replace(arrays=place(ds.arrays, NamedSharding(mesh, P())))
     spe = len(ds.splits["train"]) // b
     total = int(cfg.train.steps) if cfg.train.steps > 0 else int(cfg.train.epochs) * spe
     net = model.HollyNet(

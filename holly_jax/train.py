@@ -129,8 +129,8 @@ def split_loss(setup: Setup, steps: Steps, state: TrainState, split: str = "test
     valid = np.concatenate([np.ones(len(idx)), np.zeros(pad)]).astype(np.float32)
     sums = None
     for start in range(0, len(idx_p), b):
-        batch = jax.device_put(input_pipeline.host_batch(setup, idx_p[start : start + b], step), setup.batch_sharded())
-        out = steps.score(state, setup.ds.arrays, batch, jnp.asarray(valid[start : start + b]))
+        batch = setup.split(input_pipeline.host_batch(setup, idx_p[start : start + b], step))
+        out = steps.score(state, setup.ds.arrays, batch, setup.split(valid[start : start + b]))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     return {
@@ -139,16 +139,22 @@ def split_loss(setup: Setup, steps: Steps, state: TrainState, split: str = "test
     }
 
 
-def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, rec: outputs.Recorder) -> None:
+def sample_pairs(setup: Setup, steps: Steps, state: TrainState) -> tuple[np.ndarray, np.ndarray]:
+    """Eight held-out targets and the network's images of them, on the host (every process runs this)."""
+    idx = setup.ds.splits["test"] if len(setup.ds.splits["test"]) else setup.ds.splits["train"]
+    batch = setup.replicate(input_pipeline.host_batch(setup, idx[:8], int(state.step)))
+    return jax.device_get(steps.sample(state, setup.ds.arrays, batch))
+
+
+def save_pictures(
+    setup: Setup, pairs: tuple[np.ndarray, np.ndarray], state: TrainState, workdir: Path, rec: outputs.Recorder
+) -> None:
     """The pictures regenerated at each save interval: curves, input/output pairs, the cloud in three views."""
     folder = workdir / "pictures"
     step = int(state.step)
     plots.save_curves(folder / "curves.png", rec.records())
     faults.point("pictures")
-    idx = setup.ds.splits["test"] if len(setup.ds.splits["test"]) else setup.ds.splits["train"]
-    batch = jnp.asarray(input_pipeline.host_batch(setup, idx[:8], step))
-    targets, images = jax.device_get(steps.sample(state, setup.ds.arrays, batch))
-    grid = plots.pairs(targets, images)
+    grid = plots.pairs(*pairs)
     plots.save_png(folder / "pairs.png", grid, scale=plots.enlargement(setup.ds.size))
     rec.image("inputs_outputs", grid, step)
     plots.save_cloud_views(
@@ -158,8 +164,8 @@ def save_pictures(setup: Setup, steps: Steps, state: TrainState, workdir: Path, 
 
 def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path, move_damaged: bool = True) -> TrainState:
     """The latest checkpoint that restores if there is one (see ``checkpoints.restore_latest``), else a fresh
-    state (and its initial points written)."""
-    state = create_state(setup, initial_points(setup))
+    state (and its initial points written); on every device of the mesh."""
+    state = setup.replicate(create_state(setup, initial_points(setup)))
     restored = checkpoints.restore_latest(mngr, state, move_damaged=move_damaged)
     if restored is not None:
         return restored
@@ -204,10 +210,11 @@ def train(
 
     def save(done: int, state: TrainState) -> None:
         checkpoints.save(mngr, done, state)
+        pairs = sample_pairs(setup, steps, state)  # a computation on every process's devices
         if rec.primary:
             epoch = (done - 1) // setup.steps_per_epoch
             outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", forward.full_cloud(setup, state.params["points"]))
-            save_pictures(setup, steps, state, workdir, rec)
+            save_pictures(setup, pairs, state, workdir, rec)
 
     spec = loop.Loop(
         "training", setup.total_steps, setup.batch_size, int(cfg.train.log_every), int(cfg.train.save_every)
