@@ -22,3 +22,13 @@ else:
 def pytest_sessionfinish(session, exitstatus):
     if _CACHE is not None:
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+# Tests that run whole trainings (notebooks, killed and resumed runs, several processes) start first, so the
+# two workers do not end with one of them alone on a long test.
+SLOW_FILES = ("test_notebooks.py", "test_distributed.py", "test_faults.py", "test_refine.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    first = {name: rank for rank, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(SLOW_FILES)))  # stable within each file
