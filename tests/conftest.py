@@ -24,8 +24,9 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-# Tests that run whole trainings (notebooks, killed and resumed runs, several processes) start first, so the
-# two workers do not end with one of them alone on a long test.
+# Tests that run whole trainings (notebooks, killed and resumed runs, several processes) start first, and
+# pytest.ini's "--dist worksteal" lets an idle worker take queued tests from the other: the run does not end
+# with one worker alone on a long test.
 SLOW_FILES = ("test_notebooks.py", "test_distributed.py", "test_faults.py", "test_refine.py", "test_train.py")
 
 
