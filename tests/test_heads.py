@@ -37,10 +37,16 @@ def test_gradient_reaches_only_the_winning_head(predict_sigma):
     k = 4
     setup, state = _run(k, predict_sigma=predict_sigma)
     targets = _targets(setup, 3)
-    out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0), train=True)
+    out = jax.jit(lambda p: forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0), train=True))(
+        state.params
+    )  # jitted: compiled once, not op by op
     winners = set(np.asarray(out.head_B).tolist())
-    grads = jax.grad(
-        lambda p: jnp.sum(forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0), train=True).loss_B)
+    grads = jax.jit(
+        jax.grad(
+            lambda p: jnp.sum(
+                forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0), train=True).loss_B
+            )
+        )
     )(state.params)
     g = np.asarray(grads["net"]["fc2"]["kernel"]).reshape(256, k, -1)
     for head in range(k):
@@ -54,9 +60,9 @@ def test_gradient_reaches_only_the_winning_head(predict_sigma):
 def test_winner_is_the_hypothesis_with_the_lowest_loss():
     setup, state = _run(3)
     targets = _targets(setup, 4)
-    out = forward.predict(setup, state.params, state.batch_stats, targets, jnp.float32(2.0))
+    out = jax.jit(lambda p: forward.predict(setup, p, state.batch_stats, targets, jnp.float32(2.0)))(state.params)
     variables = {"params": state.params["net"], "batch_stats": state.batch_stats}
-    pose = setup.net.apply(variables, loss.normalise(targets, "basic"), train=False)
+    pose = jax.jit(lambda v: setup.net.apply(v, loss.normalise(targets, "basic"), train=False))(variables)
     assert pose.R_Bx3x3.shape == (4, 3, 3, 3)
     for h in range(3):  # every head drawn on its own
         img = render.render_poses(
@@ -102,8 +108,8 @@ def test_the_symmetrised_loss_keeps_the_better_of_each_pose_and_its_half_turn(nu
     setup, state = _run(num_heads, symmetrised_loss=True)
     plain_setup, _ = _run(num_heads)
     targets, sigma = _targets(setup, 6), jnp.float32(2.0)
-    out = forward.predict(setup, state.params, state.batch_stats, targets, sigma)
-    plain = forward.predict(plain_setup, state.params, state.batch_stats, targets, sigma)
+    out = jax.jit(lambda p: forward.predict(setup, p, state.batch_stats, targets, sigma))(state.params)
+    plain = jax.jit(lambda p: forward.predict(plain_setup, p, state.batch_stats, targets, sigma))(state.params)
     # independently: the plain winner's pose turned half about the optical axis, drawn and scored
     half = np.diag([-1.0, -1.0, 1.0]).astype(np.float32)
     variables = {"params": state.params["net"], "batch_stats": state.batch_stats}
@@ -125,9 +131,11 @@ def test_the_symmetrised_loss_keeps_the_better_of_each_pose_and_its_half_turn(nu
     # the half turns win somewhere (else this tested nothing), and training reaches the network through them
     turned = losses[:, num_heads:].min(1) < losses[:, :num_heads].min(1)
     assert np.any(turned)
-    grads = jax.grad(
-        lambda p: jnp.sum(
-            forward.predict(setup, p, state.batch_stats, targets, sigma, train=True).loss_B * jnp.asarray(turned)
+    grads = jax.jit(
+        jax.grad(
+            lambda p: jnp.sum(
+                forward.predict(setup, p, state.batch_stats, targets, sigma, train=True).loss_B * jnp.asarray(turned)
+            )
         )
     )(state.params)
     assert np.abs(np.asarray(grads["net"]["fc2"]["kernel"])).max() > 0
