@@ -55,14 +55,18 @@ def wanted(argv: list[str]) -> bool:
 
 
 def supervise(argv: list[str]) -> int:
-    """Run ``argv`` again as a child process with ``ENV`` set, pass on SIGTERM, and return its exit status;
+    """Run ``argv`` again as a child process with ``ENV`` set, pass on SIGINT and SIGTERM (the child has a
+    process group of its own, so a signal reaches it once, through here), and return its exit status;
     a child that a signal ended (JAX's runtime aborts it when process 0 is gone) is one line on stderr and
     status 1."""
     fd, log = tempfile.mkstemp(prefix="holly-jax-process-", suffix=".log")
     os.close(fd)
-    child = subprocess.Popen([sys.executable, *argv], env={**os.environ, ENV: log})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too: it says what happened
-    signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))  # a scheduler's stop
+    children: list[subprocess.Popen] = []
+    for number in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop (srun passes both on)
+        # set before the child starts, so it does not inherit an ignored SIGINT (a shell's background job)
+        signal.signal(number, lambda number, frame: [c.send_signal(number) for c in children])
+    child = subprocess.Popen([sys.executable, *argv], env={**os.environ, ENV: log}, process_group=0)
+    children.append(child)
     status = child.wait()
     if status >= 0:
         os.unlink(log)

@@ -7,21 +7,33 @@ since the last report, it writes the phase's record and returns it) and
 also run at the last step. The loop waits on the device only at those
 intervals; a non-finite loss stops it with a one-line error, keeping the last
 checkpoint. The images/s it reports exclude the time spent reporting (and
-saving, when a save falls on a report's step).
+saving, when a save falls on a report's step). With several processes, a stop
+signal (SIGTERM, a scheduler's preemption notice, which JAX's runtime catches)
+makes every process save at the same step and stop with a one-line error.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from holly_jax import faults
 from holly_jax.errors import InputError
+
+_steps = itertools.count()  # this process's steps over every phase: the same sequence on every process
+
+
+def preempted() -> bool:
+    """With several processes: whether this step is the one at which every process saves and stops, after a
+    stop signal reached any of them (JAX's preemption sync point); False with one process."""
+    return jax.distributed.is_initialized() and multihost_utils.reached_preemption_sync_point(next(_steps))
 
 
 class Loop(NamedTuple):
@@ -82,9 +94,16 @@ def drive(
                 postfix["sigma"] = f"{record['sigma_in']:.3g}"
             bar.set_postfix(postfix)
             acc, n_acc, images = None, 0, 0
-        if done % loop.save_every == 0 or last:
+        stop = preempted()
+        if done % loop.save_every == 0 or last or stop:
             save(done, state)
             saved = done
+        if stop:
+            raise InputError(
+                None,
+                f"{loop.name} stopped at step {done} on a stop signal (SIGTERM), its checkpoint saved; "
+                "start every process again with the same command to resume",
+            )
         if logging:
             t_last = time.perf_counter()  # the rate excludes reporting and saving
     bar.close()
