@@ -73,7 +73,7 @@ def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -
 
 def time_training(setup: Setup, steps: int, donate: bool = True, sync_each_step: bool = False) -> dict:
     """Compile time and steady images/s of the jitted train step."""
-    state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
+    state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
     step_fn = fns.train if donate else jax.jit(fns.train.__wrapped__)
     batch = next(input_pipeline.train_batches(setup, 0))

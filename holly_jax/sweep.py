@@ -215,14 +215,11 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     few dozen steps after compiling run several times slower than the rest), without writing anything:
     for comparisons at equal wall-clock time."""
     setup = create_setup(cfg)
-    state = jax.device_put(train.create_state(setup, train.initial_points(setup)), setup.replicated())
+    state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
     order = input_pipeline.epoch_order(setup, 0)
     batches = [
-        jax.device_put(
-            input_pipeline.host_batch(setup, order[i * setup.batch_size :][: setup.batch_size], i),
-            setup.batch_sharded(),
-        )
+        setup.split(input_pipeline.host_batch(setup, order[i * setup.batch_size :][: setup.batch_size], i))
         for i in range(2)
     ]
 
@@ -245,11 +242,8 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
         args = [
             (
                 setup.ds.arrays,
-                jax.device_put(rows, setup.batch_sharded()),
-                jax.device_put(
-                    input_pipeline.host_batch(setup, np.asarray(rstate.items_M)[rows], setup.total_steps),
-                    setup.batch_sharded(),
-                ),
+                setup.split(rows),
+                setup.split(input_pipeline.host_batch(setup, np.asarray(rstate.items_M)[rows], setup.total_steps)),
             )
         ]
         rates["refine"], _ = timed(refine.make_step(setup, ph), rstate, args)
