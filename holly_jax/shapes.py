@@ -98,11 +98,66 @@ def asymmetric_shape(n_points: int = 260, seed: int = 0) -> np.ndarray:
     return points.astype(np.float32)
 
 
+def propeller_knob(n_points: int = 240, seed: int = 0, n_knob: int = 16) -> np.ndarray:
+    """A 3-fold propeller that one small knob makes asymmetric, (N, 3): symmetric but for one feature.
+
+    Three curved blades (each a chain of blobs sweeping 70 degrees around z while it leaves the centre, and
+    rising as it goes, so the propeller is chiral), 120 degrees apart, around a small hub; the last
+    ``n_knob`` points are a ball on the first blade's tip, above the plane. Without the knob the shape is C3:
+    turns of 120 degrees about z are its near-symmetries, where poses go wrong.
+    """
+    if n_points < 30 + n_knob:
+        raise ValueError(f"need at least {30 + n_knob} points, got {n_points}")
+    rng = np.random.default_rng(seed)
+    n_hub = round(0.1 * n_points)
+    hub = _blob(rng, n_hub, (0.18, 0.18, 0.08))
+    blades = []
+    for k, n in enumerate(_split(n_points - n_knob - n_hub, 3)):
+        s = np.sort(rng.uniform(0.0, 1.0, n))  # position along the blade, centre to tip
+        angle = np.radians(70.0) * s
+        r = 0.3 + 1.05 * s
+        centre = np.stack([r * np.cos(angle), r * np.sin(angle), 0.25 * s], axis=1)
+        blade = centre + _blob(rng, n, (0.07, 0.07, 0.035)) * (1.0 + s)[:, None]
+        blades.append(blade @ _rot_z(2 * np.pi * k / 3).T)
+    tip = np.array([1.35 * np.cos(np.radians(70.0)), 1.35 * np.sin(np.radians(70.0)), 0.25])
+    knob = _blob(rng, n_knob, (0.07, 0.07, 0.07)) + tip + np.array([0.0, 0.0, 0.3])
+    points = np.concatenate([hub, *blades, knob])
+    points -= points[:-n_knob].mean(axis=0)  # the symmetric part centred: its axis stays z
+    points *= 1.6 / np.abs(points).max()
+    return points.astype(np.float32)
+
+
+def lobes(n_points: int = 250, seed: int = 0) -> np.ndarray:
+    """An irregular asymmetric shape, (N, 3): five ellipsoidal lobes of different sizes, elongations and
+    orientations, at seeded random places within the bounds (no rotation maps it onto itself)."""
+    if n_points < 25:
+        raise ValueError(f"need at least 25 points, got {n_points}")
+    rng = np.random.default_rng(seed)
+    shares = np.array([0.32, 0.24, 0.18, 0.14, 0.12])
+    counts = np.round(shares * n_points).astype(int)
+    counts[0] += n_points - counts.sum()
+    sizes = np.array([0.32, 0.26, 0.2, 0.16, 0.12])
+    parts = []
+    for n, size in zip(counts, sizes):
+        axes = size * np.array([1.6, 0.8, 0.5]) * rng.uniform(0.8, 1.2, 3)
+        q = np.linalg.qr(rng.standard_normal((3, 3)))[0]  # a random orientation
+        centre = rng.uniform(-1.0, 1.0, 3)
+        parts.append(_blob(rng, n, tuple(axes)) @ q.T + centre)
+    points = np.concatenate(parts)
+    points -= points.mean(axis=0)
+    points *= 1.6 / np.abs(points).max()
+    return points.astype(np.float32)
+
+
 SHAPES = {
     "cep152_toroid": cep152_toroid,
     "nuclear_pore": nuclear_pore,
     "asymmetric": asymmetric_shape,
+    "propeller_knob": propeller_knob,
+    "lobes": lobes,
 }
+# Shapes with one small feature that breaks their symmetry: how many of the file's last points it is
+FEATURES = {"propeller_knob": 16}
 
 
 def main(argv: list[str] | None = None) -> None:

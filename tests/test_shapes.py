@@ -10,7 +10,16 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from holly_jax.pointfile import read_points
-from holly_jax.shapes import SHAPES, asymmetric_shape, cep152_toroid, main, nuclear_pore
+from holly_jax.shapes import (
+    FEATURES,
+    SHAPES,
+    asymmetric_shape,
+    cep152_toroid,
+    lobes,
+    main,
+    nuclear_pore,
+    propeller_knob,
+)
 
 OBJS = Path(__file__).resolve().parents[1] / "objs"
 
@@ -61,7 +70,10 @@ def test_size_bounds_and_determinism(name: str) -> None:
     assert len(np.unique(points_Nx3, axis=0)) == len(points_Nx3)
 
 
-@pytest.mark.parametrize("make, n_points", [(cep152_toroid, 250), (nuclear_pore, 230), (asymmetric_shape, 201)])
+@pytest.mark.parametrize(
+    "make, n_points",
+    [(cep152_toroid, 250), (nuclear_pore, 230), (asymmetric_shape, 201), (propeller_knob, 233), (lobes, 201)],
+)
 def test_point_count_is_honoured(make, n_points: int) -> None:
     assert make(n_points=n_points).shape == (n_points, 3)
 
@@ -112,6 +124,16 @@ def test_asymmetric_shape_is_chiral() -> None:
     floor = best_rotated_chamfer(pore, pore * mirror)
     assert best_rotated_chamfer(shape, shape) < 1e-6  # the search finds an exact match
     assert best_rotated_chamfer(shape, shape * mirror) > max(0.15, 2.5 * floor)
+
+
+def test_the_propeller_is_three_fold_but_for_its_knob() -> None:
+    points_Nx3 = propeller_knob().astype(np.float64)
+    body, knob = points_Nx3[: -FEATURES["propeller_knob"]], points_Nx3[-FEATURES["propeller_knob"] :]
+    assert chamfer(body, rotate_z(body, 120.0)) < 0.4 * chamfer(body, rotate_z(body, 60.0))
+    # the knob is one small ball, away from the body: nothing of the body near it, and a turn moves it off
+    assert np.linalg.norm(knob - knob.mean(0), axis=1).max() < 0.4
+    assert cKDTree(body).query(knob.mean(0))[0] > 0.2
+    assert cKDTree(points_Nx3).query(rotate_z(knob, 120.0))[0].min() > 0.2
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

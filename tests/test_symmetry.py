@@ -67,6 +67,12 @@ def test_the_bundled_shapes():
     assert symmetry.find(pointfile.read_points(OBJS / "nuclear_pore.obj")).name in ("C8", "D8")
     assert symmetry.find(pointfile.read_points(OBJS / "cep152_toroid.obj")).name == "C9"
     assert symmetry.find(pointfile.read_points(OBJS / "asymmetric.obj")).name == "C1"
+    lobes = symmetry.find(pointfile.read_points(OBJS / "lobes.obj"))
+    assert lobes.name == "C1" and not lobes.near  # irregular: nothing maps most of it onto itself
+    propeller = symmetry.find(pointfile.read_points(OBJS / "propeller_knob.obj"))
+    assert propeller.name == "C1"  # the knob breaks the propeller's 3-fold axis, which stays a near-symmetry
+    threefold = [a for a in propeller.near if a.order == 3 and abs(a.direction[2]) > 0.99]
+    assert threefold and threefold[0].missed < 0.15
 
 
 def test_a_small_feature_breaks_the_group_and_leaves_a_near_symmetry():
