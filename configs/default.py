@@ -57,7 +57,11 @@ refine   per-image pose refinement after training (auto-decoding):
          optimises it with the points for ``steps`` steps of ``batch_size``
          images (0: the training batch) at the schedule's final sigma;
          ``lr`` for the poses (rotation vectors and translations), ``plr``
-         for the points (unset: optim.plr, else optim.lr).
+         for the points (unset: optim.plr, else optim.lr). ``relabel_every``
+         > 0: every that many steps, each row of the batch is also scored at
+         its pose turned by each rotation that maps the learned cloud (as
+         refinement starts) nearly onto itself, and moves to the best
+         (0: never, the default).
 search   a global pose search (projection matching, holly_jax/search.py):
          ``use`` "refine" starts each refinement row from the better (lower
          loss) of the network's best hypothesis and the search's pose;
@@ -156,6 +160,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.refine.batch_size = 0
     config.refine.lr = 3e-3
     config.refine.plr = config_dict.placeholder(float)
+    config.refine.relabel_every = 0
 
     # Global pose search ("none": the original)
     config.search = ml_collections.ConfigDict()

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from scipy.spatial import cKDTree
 
 from holly_jax import (
     checkpoints,
@@ -41,12 +42,18 @@ from holly_jax import (
     rotations,
     salts,
     search,
+    symmetry,
 )
 from holly_jax.errors import InputError
 from holly_jax.setup import Setup
 from holly_jax.train import TrainState
 
 SIGMA_FLOOR = 0.05  # pixels: a learned sigma is kept above this
+# Breaking a learned cloud's false symmetry (refine.relabel_every > 0, docs/method.md §6)
+BREAK_AT = 1 / 3  # of the refinement steps: where it happens
+FEATURE_SHARE = 0.05  # of the learned points, moved to the strongest unexplained place
+VOXELS = 40  # the back-projection's grid, per side
+PEAK_SCORE = 8.0  # a place gets points when its unexplained intensity is this many robust deviations up
 
 
 class RefineState(struct.PyTreeNode):
@@ -54,11 +61,13 @@ class RefineState(struct.PyTreeNode):
     points: jax.Array  # N x 3
     points_opt: Any  # optax state of the points
     items_M: jax.Array  # the dataset item of each row
-    R0_Mx3x3: jax.Array  # each row's starting rotation (fixed)
+    R0_Mx3x3: jax.Array  # each row's starting rotation (fixed, but for relabelling)
     rows: dict  # learned per row: omega (M x 3), t (M x 2), sigma (M)
     mu: dict  # Adam first moments, per row
     nu: dict  # Adam second moments, per row
     count_M: jax.Array  # Adam updates each row has had
+    turns_Kx3x3: jax.Array  # the learned cloud's (near-)symmetries a row may be relabelled by (MAX_TURNS, or
+    # without relabelling the identity alone: Orbax saves no empty array)
 
 
 class Phase(NamedTuple):
@@ -69,6 +78,8 @@ class Phase(NamedTuple):
     rows: int
     steps_per_epoch: int
     sigma: float
+    relabel_every: int  # steps between relabellings (0: never)
+    relabel_after: int  # relabellings come after this step (the symmetry-breaking one, if any)
     lr: optax.Schedule  # pose rows
     plr: optax.Schedule  # points
 
@@ -92,6 +103,8 @@ def phase(setup: Setup) -> Phase:
         m,
         m // b,
         forward.final_sigma(setup),
+        int(cfg.refine.relabel_every),
+        _breaking_step(setup, steps) if int(cfg.refine.relabel_every) else 0,
         optim.decaying(cfg.refine.lr, steps, fraction),
         optim.decaying(plr, steps, fraction),
     )
@@ -126,6 +139,54 @@ def sparse_adam(
     return jax.tree.map(step, rows, mu, nu), mu, nu, count
 
 
+MAX_TURNS = 32  # relabelling candidates kept from the learned cloud's symmetries
+
+
+def relabelling_turns(points_Nx3: np.ndarray) -> np.ndarray:
+    """The rotations that map the learned cloud (nearly) onto itself (``symmetry.turns``), at most
+    MAX_TURNS, padded with the identity (which never wins a tie), MAX_TURNS x 3 x 3. A pose turned by one
+    draws (nearly) the same image; where the cloud is an average over wrongly posed copies, these are the
+    copies."""
+    turns = list(symmetry.turns(np.asarray(points_Nx3, np.float64)))[:MAX_TURNS]
+    return np.asarray(turns + [np.eye(3)] * (MAX_TURNS - len(turns)), np.float32)
+
+
+def relabel(cloud_Nx3, turns_Kx3x3, R_Bx3x3, t_Bx2, sigma_B, targets_BxHxW, size, mode):
+    """Each row's pose and its K turned copies R g scored on its image (a copy's translation puts the drawn
+    cloud's centroid on the image's, as the search does; the pose itself keeps its own): the index of the
+    best (0: the pose itself), its rotation and its translation."""
+    R_all = jnp.concatenate([R_Bx3x3[:, None], jnp.einsum("bij,kjl->bkil", R_Bx3x3, turns_Kx3x3)], 1)
+
+    def one(R_Cx3x3, t_2, sigma, target):
+        t_Cx2 = jnp.concatenate([t_2[None], search.centred(cloud_Nx3, R_Cx3x3[1:], target, size)])
+        images = render.render_poses(cloud_Nx3, R_Cx3x3, t_Cx2, jnp.full((len(R_Cx3x3),), sigma), size)
+        return loss.l1_per_image(images, target[None], mode), t_Cx2
+
+    losses_BxC, t_all = jax.vmap(one)(R_all, t_Bx2, sigma_B, targets_BxHxW)
+    best_B = jnp.argmin(losses_BxC, 1)  # the first of equals: a tie keeps the pose
+    pick = lambda x: jnp.take_along_axis(x, best_B.reshape((-1, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
+    return best_B, pick(R_all), pick(t_all)
+
+
+def _relabelled(setup: Setup, state: RefineState, R0_Bx3x3, gathered: dict, moments: tuple, targets_BxHxW):
+    """Gathered rows relabelled (``relabel``): a row that moves starts afresh from its new pose (omega, Adam
+    moments and count zero). Returns (moved_B, R0, rows, (mu, nu, count))."""
+    best, R, t = relabel(
+        forward.cloud(setup, state.points),
+        state.turns_Kx3x3,
+        row_rotations(R0_Bx3x3, gathered["omega"]),
+        gathered["t"],
+        gathered["sigma"],
+        targets_BxHxW,
+        setup.ds.size,
+        setup.cfg.train.normalise,
+    )
+    moved = best > 0
+    afresh = lambda x: jnp.where(moved.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
+    R0 = jnp.where(moved[:, None, None], R, R0_Bx3x3)
+    return moved, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
+
+
 def make_step(setup: Setup, ph: Phase) -> Callable:
     """The jitted refinement step: (state, arrays, rows_B, batch) -> (state, metrics), where batch is what the
     training step takes for the rows' items (indices, or FITS images)."""
@@ -140,6 +201,17 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         targets = data.targets(setup.ds, arrays, batch, sigma, jnp.int32(setup.total_steps))
         R0 = state.R0_Mx3x3[rows_B]
         gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
+        mu_B, nu_B, count_B = (jax.tree.map(lambda x: x[rows_B], m) for m in (state.mu, state.nu, state.count_M))
+        moments = (mu_B, nu_B, count_B)
+        moved_B = jnp.zeros(rows_B.shape, bool)
+        if ph.relabel_every:  # a row moves to its best turned copy, afresh
+            due = (state.step % ph.relabel_every == 0) & (state.step > ph.relabel_after)
+            moved_B, R0, gathered, moments = jax.lax.cond(
+                due,
+                lambda: _relabelled(setup, state, R0, gathered, moments, targets),
+                lambda: (moved_B, R0, gathered, moments),
+            )
+        mu_B, nu_B, count_B = moments
 
         def loss_fn(points, rows):
             images = render.render_poses(
@@ -152,21 +224,14 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
         updates, points_opt = tx.update(g_points, state.points_opt, state.points)
         points = optax.apply_updates(state.points, updates)
-        new, mu, nu, count = sparse_adam(
-            gathered,
-            g_rows,
-            jax.tree.map(lambda x: x[rows_B], state.mu),
-            jax.tree.map(lambda x: x[rows_B], state.nu),
-            state.count_M[rows_B],
-            ph.lr(state.step),
-            cfg,
-        )
+        new, mu, nu, count = sparse_adam(gathered, g_rows, mu_B, nu_B, count_B, ph.lr(state.step), cfg)
         new = {**new, "sigma": jnp.maximum(new["sigma"], SIGMA_FLOOR)}
         scatter = lambda full, part: full.at[rows_B].set(part)
         state = state.replace(
             step=state.step + 1,
             points=points,
             points_opt=points_opt,
+            R0_Mx3x3=state.R0_Mx3x3.at[rows_B].set(R0),
             rows=jax.tree.map(scatter, state.rows, new),
             mu=jax.tree.map(scatter, state.mu, mu),
             nu=jax.tree.map(scatter, state.nu, nu),
@@ -176,11 +241,146 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             "train_loss": total / rows_B.shape[0],
             "sigma_out": jnp.mean(new["sigma"]),
             "grad_norm": optax.global_norm((g_points, g_rows)),
+            "relabelled": jnp.mean(moved_B.astype(jnp.float32)),
         }
         return state, metrics
 
     rep = setup.replicated()
     return jax.jit(refine_step, donate_argnums=0, out_shardings=(rep, rep))
+
+
+def _breaking_step(setup: Setup, steps: int) -> int:
+    """The refinement step at which the learned cloud's symmetry is broken (``break_symmetry``); 0 for none:
+    an imposed group is symmetric by design, and fixed points cannot move."""
+    return 0 if setup.group is not None or setup.pose_only else max(1, int(steps * BREAK_AT))
+
+
+def _row_chunks(setup: Setup, ph: Phase, items_M: np.ndarray):
+    """Every row once, a batch at a time (the last padded with row 0): (rows, batch, valid) placed."""
+    b = ph.batch_size
+    for i in range(0, ph.rows, b):
+        rows = np.arange(i, i + b) % ph.rows
+        batch = input_pipeline.host_batch(setup, items_M[rows], setup.total_steps)
+        yield setup.split(rows.astype(np.int32)), setup.split(batch), setup.split(np.arange(i, i + b) < ph.rows)
+
+
+def _grid(cloud_Nx3: np.ndarray) -> np.ndarray:
+    """VOXELS^3 points over a cube around the cloud (1.3 times its reach from its centroid), V x 3."""
+    c = cloud_Nx3.mean(0)
+    half = 1.3 * float(np.linalg.norm(cloud_Nx3 - c, axis=1).max())
+    g = np.linspace(-half, half, VOXELS)
+    return (np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + c).astype(np.float32)
+
+
+def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarray) -> np.ndarray:
+    """The intensity the rows' images hold that the cloud at their poses does not draw, back-projected: for
+    every grid point, the sum over rows of max(target - drawn, 0) (normalised images) at the pixel it
+    projects to, V. A feature the cloud lacks stands out where it is; where rows are spread over copies of a
+    false symmetry, it stands out at each copy."""
+    mode, size = setup.cfg.train.normalise, setup.ds.size
+
+    @functools.partial(jax.jit, out_shardings=setup.replicated())
+    def chunk(state, arrays, rows_B, batch, valid_B, grid_Vx3):
+        targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
+        R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
+        t, sigma = state.rows["t"][rows_B], state.rows["sigma"][rows_B]
+        drawn = render.render_poses(forward.cloud(setup, state.points), R, t, sigma, size)
+        left = jnp.maximum(loss.normalise(targets, mode) - loss.normalise(drawn, mode), 0.0)
+
+        def one(R, t, left_HxW):
+            px, py = render.project(grid_Vx3, R, t, size)
+            ix, iy = jnp.round(px).astype(jnp.int32), jnp.round(py).astype(jnp.int32)
+            inside = (ix >= 0) & (ix < size[1]) & (iy >= 0) & (iy < size[0])
+            return jnp.where(inside, left_HxW[jnp.clip(iy, 0, size[0] - 1), jnp.clip(ix, 0, size[1] - 1)], 0.0)
+
+        return jnp.einsum("b,bv->v", valid_B.astype(left.dtype), jax.vmap(one)(R, t, left))
+
+    grid = jnp.asarray(grid_Vx3)
+    parts = [
+        chunk(state, setup.ds.arrays, r, b, v, grid) for r, b, v in _row_chunks(setup, ph, np.asarray(state.items_M))
+    ]
+    return np.asarray(jax.device_get(sum(parts)), np.float64)
+
+
+def seed_feature(points_Nx3: np.ndarray, grid_Vx3: np.ndarray, unexplained_V: np.ndarray, seed: int):
+    """Points moved to the strongest unexplained place outside the cloud: the FEATURE_SHARE of the points
+    with the nearest neighbours (the densest, most redundant) go to a small ball around that place (spread
+    half the cloud's median nearest-neighbour distance), if it stands PEAK_SCORE robust deviations above
+    the other places outside the cloud. Returns (points, moved indices, score),
+    the points unchanged and no indices when nothing stands out."""
+    tree = cKDTree(points_Nx3)
+    neighbour = tree.query(points_Nx3, k=2)[0][:, 1]
+    spacing = float(np.median(neighbour))
+    outside = tree.query(grid_Vx3)[0] > 2 * spacing
+    if outside.sum() < 2:
+        return points_Nx3, np.zeros(0, int), 0.0
+    values = unexplained_V[outside]
+    centre = np.median(values)
+    spread = 1.4826 * np.median(np.abs(values - centre)) + 1e-12
+    score = float((values.max() - centre) / spread)
+    if score < PEAK_SCORE:
+        return points_Nx3, np.zeros(0, int), score
+    peak = grid_Vx3[outside][np.argmax(values)]
+    moved = np.argsort(neighbour, kind="stable")[: max(1, round(FEATURE_SHARE * len(points_Nx3)))]
+    points = np.array(points_Nx3, copy=True)
+    jitter = np.random.default_rng(seed).normal(size=(len(moved), 3)) * 0.5 * spacing
+    points[moved] = peak + jitter
+    return points, moved, score
+
+
+def relabel_all(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineState, int]:
+    """Every row relabelled once (``relabel``), a batch at a time; returns the state and how many moved."""
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=(setup.replicated(), setup.replicated()))
+    def chunk(state, arrays, rows_B, batch, valid_B):
+        targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
+        gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
+        moments = tuple(jax.tree.map(lambda x: x[rows_B], m) for m in (state.mu, state.nu, state.count_M))
+        moved, R0, rows, (mu, nu, count) = _relabelled(setup, state, state.R0_Mx3x3[rows_B], gathered, moments, targets)
+        rows_B = jnp.where(valid_B, rows_B, rows_B[0])  # padding repeats the chunk's first row, unchanged
+        scatter = lambda full, part: full.at[rows_B].set(jnp.where(_bcast(valid_B, part), part, full[rows_B]))
+        state = state.replace(
+            R0_Mx3x3=scatter(state.R0_Mx3x3, R0),
+            rows=jax.tree.map(scatter, state.rows, rows),
+            mu=jax.tree.map(scatter, state.mu, mu),
+            nu=jax.tree.map(scatter, state.nu, nu),
+            count_M=scatter(state.count_M, count),
+        )
+        return state, jnp.sum(moved & valid_B)
+
+    total = 0
+    for rows, batch, valid in _row_chunks(setup, ph, np.asarray(state.items_M)):
+        state, moved = chunk(state, setup.ds.arrays, rows, batch, valid)
+        total += int(moved)
+    return state, total
+
+
+def _bcast(valid_B: jax.Array, x: jax.Array) -> jax.Array:
+    return valid_B.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def break_symmetry(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineState, str]:
+    """Break a false symmetry of the learned cloud: rows posed on different copies of a near-symmetric shape
+    average its distinguishing feature away, and the cloud then has nothing to tell the copies apart by.
+    The rows' unexplained intensity, back-projected, shows the feature (at each copy); points are moved to
+    the strongest place (any copy will do: choosing one breaks the symmetry), the cloud's near-symmetries
+    (found before the move) become the relabelling turns, and every row is relabelled against the new
+    cloud. Returns the state and a line saying what was done."""
+    cloud = forward.full_cloud(setup, state.points)
+    turns = relabelling_turns(cloud)
+    grid = _grid(cloud)
+    points, moved, score = seed_feature(
+        np.asarray(state.points), grid, unexplained(setup, ph, state, grid), int(setup.cfg.seed)
+    )
+    state = state.replace(points=jnp.asarray(points, state.points.dtype), turns_Kx3x3=jnp.asarray(turns))
+    state, relabelled = relabel_all(setup, ph, setup.replicate(state))
+    found = int(np.sum(np.any(np.abs(turns - np.eye(3)) > 1e-6, axis=(1, 2))))
+    placed = (
+        f"{len(moved)} points moved to the strongest unexplained place (score {score:.0f})"
+        if len(moved)
+        else f"no unexplained place stands out (score {score:.1f} < {PEAK_SCORE:.0f})"
+    )
+    return state, f"{found} near-symmetries of the learned cloud; {placed}; {relabelled} of {ph.rows} rows relabelled"
 
 
 def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
@@ -223,6 +423,9 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
         for i in range(0, len(padded), b)
     ]
     R, t, s = (np.concatenate(x)[: len(items)] for x in zip(*parts))
+    turns = (
+        relabelling_turns(forward.full_cloud(setup, state.params["points"])) if ph.relabel_every else np.eye(3)[None]
+    )
     return _fresh_state(
         setup,
         ph,
@@ -231,6 +434,7 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
         jnp.asarray(R, jnp.float32),
         jnp.asarray(t, jnp.float32),
         jnp.asarray(s, jnp.float32),
+        jnp.asarray(turns, jnp.float32).reshape(-1, 3, 3),
     )
 
 
@@ -242,6 +446,7 @@ def _fresh_state(
     R0_Mx3x3: jax.Array,
     t_Mx2: jax.Array,
     sigma_M: jax.Array,
+    turns_Kx3x3: jax.Array,
 ) -> RefineState:
     """A state before its first step: rows at their starting poses, moments and counts zero."""
     rows = {"omega": jnp.zeros((len(items_M), 3), t_Mx2.dtype), "t": t_Mx2, "sigma": sigma_M}
@@ -255,6 +460,7 @@ def _fresh_state(
         mu=jax.tree.map(jnp.zeros_like, rows),
         nu=jax.tree.map(jnp.zeros_like, rows),
         count_M=jnp.zeros_like(items_M),
+        turns_Kx3x3=turns_Kx3x3,
     )
 
 
@@ -269,6 +475,7 @@ def initial_state_shape(setup: Setup, state: TrainState, ph: Phase) -> RefineSta
         jnp.zeros((m, 3, 3)),
         jnp.zeros((m, 2)),
         jnp.zeros((m,)),
+        jnp.zeros((MAX_TURNS if ph.relabel_every else 1, 3, 3)),
     )
 
 
@@ -351,9 +558,11 @@ def refine(
             plots.save_cloud_views(workdir / "pictures" / "cloud.png", points, title=f"refinement step {done}")
 
     cfg = setup.cfg
-    spec = loop.Loop("refinement", ph.steps, ph.batch_size, int(cfg.train.log_every), int(cfg.train.save_every))
-    rstate = loop.drive(
-        spec,
+    spec = lambda total: loop.Loop(  # noqa: E731
+        "refinement", total, ph.batch_size, int(cfg.train.log_every), int(cfg.train.save_every)
+    )
+    run = lambda rstate, start, total: loop.drive(  # noqa: E731
+        spec(total),
         rstate,
         start,
         lambda s, rows_batch: step_fn(s, setup.ds.arrays, *rows_batch),
@@ -362,6 +571,12 @@ def refine(
         save,
         rec.primary,
     )
+    if ph.relabel_after and start <= ph.relabel_after:  # a checkpoint at that step holds the state before it
+        rstate = run(rstate, start, ph.relabel_after)
+        rstate, said = break_symmetry(setup, ph, rstate)
+        rec.say(f"refine step {ph.relabel_after}: {said}")
+        start = ph.relabel_after
+    rstate = run(rstate, start, ph.steps)
     mngr.wait_until_finished()
     return rstate
 

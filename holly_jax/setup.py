@@ -148,6 +148,7 @@ BOUNDS: dict[str, Bounds] = {
     "refine.batch_size": _SIZE,
     "refine.lr": _POSITIVE,
     "refine.plr": _POSITIVE._replace(optional=True),
+    "refine.relabel_every": _SIZE,
     "search.grid_deg": Bounds(3, 90),  # 3 degrees: 550,000 rotations, 20 MB
     "search.levels": Bounds(0, 8, integer=True),
     "search.keep": Bounds(1, 256, integer=True),

@@ -260,6 +260,32 @@ def find(points_Nx3: np.ndarray) -> Symmetry:
     return Symmetry(_name(group), group, axes, near[:10], _mirror(x, tree, limit * rms))
 
 
+def turns(points_Nx3: np.ndarray, keep: float = 1.0 - NEAR_MISSED, iterations: int = 20) -> np.ndarray:
+    """The rotations that map the cloud (nearly) onto itself, the identity left out: its group's elements
+    and every power of its near-symmetries, K x 3 x 3 (K may be 0). Each is polished by a trimmed ICP (the
+    ``1 - keep`` share of points farthest from the cloud after the turn left out of each fit, the turn free
+    to move off the centroid, whose place a feature shifts) and its rotation part kept; turns that polish
+    to one already kept, or to the identity, are left out."""
+    found = find(points_Nx3)
+    raw = list(found.rotations_Gx3x3[1:])
+    for a in found.near:
+        raw += [Rotation.from_rotvec(a.direction * 2 * np.pi * k / a.order).as_matrix() for k in range(1, a.order)]
+    x = np.asarray(points_Nx3, np.float64)
+    x = x - x.mean(0)
+    tree = cKDTree(x)
+    polished = [np.eye(3)]
+    for R in raw:
+        t = np.zeros(3)
+        for _ in range(iterations):
+            d, nearest = tree.query(x @ R.T + t)
+            fit = d <= np.quantile(d, keep)
+            R, t = metrics.kabsch(x[fit], x[nearest[fit]])
+        apart = [np.degrees(np.arccos(np.clip((np.trace(P.T @ R) - 1) / 2, -1, 1))) for P in polished]
+        if min(apart, default=np.inf) > MERGE_DEG:  # near axes found twice polish to the same turn: kept once
+            polished.append(R)
+    return np.asarray(polished[1:], np.float64).reshape(-1, 3, 3)
+
+
 def _mirror(x_Nx3: np.ndarray, tree: cKDTree, tolerance: float) -> np.ndarray | None:
     """R with R F x mapping the centred cloud onto itself (an improper symmetry), or None (a chiral cloud)."""
     mirrored = x_Nx3 @ metrics.MIRROR

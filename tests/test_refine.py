@@ -157,3 +157,106 @@ def test_refinement_on_a_fits_folder(tmp_path):
     assert int(rstate.step) == 6 and rstate.rows["t"].shape == (10, 2)  # every training image has a row
     assert int(np.sum(np.asarray(rstate.count_M))) == 6 * 4
     np.testing.assert_array_equal(np.asarray(state.params["points"]), np.asarray(rstate.points))
+
+
+def _turn_z(degrees):
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]], np.float32)
+
+
+def _angle_deg(R_a, R_b):
+    rel = np.einsum("bji,bjk->bik", np.asarray(R_a, np.float64), np.asarray(R_b, np.float64))
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+
+
+def test_the_propellers_near_symmetries_are_relabelling_turns():
+    from holly_jax import pointfile
+
+    turns = refine.relabelling_turns(pointfile.read_points(REPO / "objs" / "propeller_knob.obj"))
+    assert turns.shape == (refine.MAX_TURNS, 3, 3)
+    for degrees in (120, 240):  # the 3-fold turns about z its knob breaks are among them, within a few degrees
+        assert _angle_deg(turns, np.broadcast_to(_turn_z(degrees), turns.shape)).min() < 5
+    assert np.allclose(turns[-1], np.eye(3))  # padded with the identity
+
+
+def test_relabelling_moves_rows_posed_on_a_wrong_copy_to_the_true_pose():
+    # the true points: a pose turned by the propeller's 3-fold near-symmetry draws the same image but for its
+    # knob; relabelling by the exact turns finds the true pose, and leaves a row already there alone
+    cfg = _config(**{"data.object": str(REPO / "objs" / "propeller_knob.obj")})
+    cfg.points.fixed = str(REPO / "objs" / "propeller_knob.ply")
+    setup = create_setup(cfg)
+    ph = refine.phase(setup)
+    items = np.asarray(setup.ds.splits["train"][:16])
+    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
+    turns = jnp.asarray(np.stack([_turn_z(120), _turn_z(240)]))
+    R_start = R_true.copy()
+    R_start[:8] = R_true[:8] @ _turn_z(120)  # half the rows on a wrong copy
+    R_start[8:12] = R_true[8:12] @ _turn_z(240)
+    from holly_jax import data
+
+    targets = data.targets(setup.ds, setup.ds.arrays, jnp.asarray(items), jnp.float32(ph.sigma), jnp.int32(0))
+    cloud = jnp.asarray(setup.ds.arrays.gt_Nx3)
+    best, R, t = jax.jit(refine.relabel, static_argnums=(6, 7))(
+        cloud,
+        turns,
+        jnp.asarray(R_start),
+        jnp.asarray(t_true),
+        jnp.full((16,), ph.sigma),
+        targets,
+        setup.ds.size,
+        "basic",
+    )
+    assert np.asarray(best).tolist()[12:] == [0, 0, 0, 0]  # at the true pose: kept, translation too
+    np.testing.assert_array_equal(np.asarray(t)[12:], t_true[12:])
+    wrong = np.asarray(best)[:12]
+    assert np.mean(wrong > 0) >= 0.75  # the knob decides for most views
+    moved = np.nonzero(wrong > 0)[0]
+    assert _angle_deg(np.asarray(R)[moved], R_true[moved]).max() < 0.1  # float32 rounding
+    assert np.abs(np.asarray(t)[moved] - t_true[moved]).max() < 0.05  # centroids matched: near the truth
+
+
+def test_a_relabelling_step_moves_only_its_batch_and_starts_moved_rows_afresh():
+    cfg = _config(**{"data.object": str(REPO / "objs" / "propeller_knob.obj"), "refine.relabel_every": 2})
+    cfg.points.fixed = str(REPO / "objs" / "propeller_knob.ply")
+    setup = create_setup(cfg)
+    ph = refine.phase(setup)
+    template = refine.initial_state_shape(setup, train.create_state(setup, train.initial_points(setup)), ph)
+    assert template.turns_Kx3x3.shape == (refine.MAX_TURNS, 3, 3)
+    turns = np.stack([_turn_z(120), _turn_z(240)] + [np.eye(3, dtype=np.float32)] * (refine.MAX_TURNS - 2))
+    items = np.asarray(setup.ds.splits["train"][: ph.rows])
+    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
+    rstate = refine._fresh_state(
+        setup,
+        ph,
+        jnp.array(np.asarray(setup.ds.arrays.gt_Nx3)),
+        jnp.asarray(items),
+        jnp.asarray(R_true),
+        jnp.asarray(t_true, jnp.float32),
+        jnp.full((ph.rows,), ph.sigma),
+        jnp.asarray(turns),
+    )
+    step = refine.make_step(setup, ph)
+    batch = np.arange(16, 24)
+    run = lambda state, rows: step(state, setup.ds.arrays, jnp.asarray(rows), jnp.asarray(items[rows]))
+    rstate, _ = run(rstate, np.arange(8))  # step 0 elsewhere
+    rstate, _ = run(rstate, batch)  # step 1 (does not): the batch's rows have one Adam update each
+    before = jax.device_get(rstate)
+    R0 = before.R0_Mx3x3.copy()
+    R0[batch] = R0[batch] @ _turn_z(120)  # the batch's rows put on a wrong copy
+    after, metrics = run(rstate.replace(R0_Mx3x3=jnp.asarray(R0)), batch)  # step 2: relabels
+    after = jax.device_get(after)
+    others = np.setdiff1d(np.arange(ph.rows), batch)
+    np.testing.assert_array_equal(after.R0_Mx3x3[others], R0[others])
+    np.testing.assert_array_equal(after.count_M[others], before.count_M[others])
+    moved = _angle_deg(after.R0_Mx3x3[batch], R0[batch]) > 1
+    assert moved.mean() >= 0.75 and float(metrics["relabelled"]) == pytest.approx(moved.mean())
+    assert _angle_deg(after.R0_Mx3x3[batch][moved], R_true[batch][moved]).max() < 1  # back at the truth
+    np.testing.assert_array_equal(after.count_M[batch], np.where(moved, 1, 2))  # moved rows start afresh
+    # step 3 does not relabel: the same wrong copies planted again stay where they are
+    R0_again = after.R0_Mx3x3.copy()
+    R0_again[batch] = R0[batch]
+    again, metrics = run(jax.device_put(after).replace(R0_Mx3x3=jnp.asarray(R0_again)), batch)
+    np.testing.assert_array_equal(np.asarray(again.R0_Mx3x3), R0_again)
+    assert float(metrics["relabelled"]) == 0
