@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
 
 from holly_jax import input_pipeline, outputs, pipeline, refine, schedule, train
+from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
 
@@ -72,6 +75,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
 }
 DONE = "sweep.json"  # written last, atomically: the variant is finished
+AFTER_TRAINING = ("refine", "search")  # config sections that change nothing before the refinement
 
 
 def load_config(base: str | Path | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -134,14 +138,47 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _training_part(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _comparable(config).items() if k not in AFTER_TRAINING}
+
+
+def _share_training(cfg: ml_collections.ConfigDict, workdir: Path) -> str | None:
+    """Start a fresh ``workdir`` from a finished sibling's training when the two configs differ only in what
+    comes after it (``AFTER_TRAINING``): the same seed and settings train to the same state, so its training
+    checkpoints, files and records are copied and only the refinement runs. Returns the sibling's name."""
+    if workdir.exists() and any(workdir.iterdir()):
+        return None
+    wanted = _training_part(cfg.to_dict())
+    for sibling in sorted(workdir.parent.glob(f"*/{DONE}")) if workdir.parent.exists() else []:
+        source = sibling.parent
+        if _training_part(json.loads(sibling.read_text(encoding="utf-8")).get("config", {})) != wanted:
+            continue
+        step = max(int(p.name) for p in (source / "checkpoints").iterdir() if p.name.isdigit())
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
+        for name in ("plys", "pictures", "tb", "initial.obj", "initial.ply", "scale.json"):
+            if (source / name).is_dir():
+                shutil.copytree(source / name, workdir / name)
+            elif (source / name).exists():
+                shutil.copy2(source / name, workdir / name)
+        records = [r for r in outputs.MetricsLog(source / "metrics.jsonl").read() if r.get("phase") != "refine"]
+        write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+        outputs.write_json(workdir / "config.json", cfg.to_dict())
+        return source.name
+    return None
+
+
 def train_variant(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) and evaluate one config in ``workdir``; a finished one is read back."""
+    """Train (or resume) and evaluate one config in ``workdir``; a finished one is read back. A fresh one
+    that differs from a finished sibling under the same root only after training starts from its training
+    (``train_s`` then times the refinement alone, and ``shared_training`` names the sibling)."""
     workdir = Path(workdir)
     done = workdir / DONE
     if done.exists():
         saved = json.loads(done.read_text(encoding="utf-8"))
         if _comparable(saved.get("config", {})) == _comparable(cfg.to_dict()):
             return saved
+    shared = _share_training(cfg, workdir)
     start = time.perf_counter()
     pipeline.fit(cfg, workdir)
     trained = time.perf_counter()
@@ -152,6 +189,7 @@ def train_variant(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[s
         "eval_s": time.perf_counter() - trained,
         "results": {k: v for k, v in results.items() if not isinstance(v, (list, dict))},
         "last": _last_records(workdir),
+        **({"shared_training": shared} if shared else {}),
     }
     outputs.write_json(done, record)
     return json.loads(done.read_text(encoding="utf-8"))
@@ -213,7 +251,8 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     """Steps per second of a config's training step and (with ``refine.steps`` > 0) its refinement step,
     timed over ``steps`` steps after compiling and ``steps`` untimed warm-up steps (on a CPU the first
     few dozen steps after compiling run several times slower than the rest), without writing anything:
-    for comparisons at equal wall-clock time."""
+    for comparisons at equal wall-clock time. With ``refine.relabel_every``, the refinement's steps are
+    timed past its symmetry breaking (relabelling included) and the breaking's seconds are ``break_s``."""
     setup = create_setup(cfg)
     state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
@@ -238,6 +277,11 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     if refine.enabled(setup):
         ph = refine.phase(setup)
         rstate = refine.initial_state(setup, state, ph)
+        if ph.relabel_every:  # timed past the symmetry breaking, relabelling as often as it will; its cost
+            start = time.perf_counter()
+            rstate, _ = refine.break_symmetry(setup, ph, setup.replicate(rstate))
+            rates["break_s"] = time.perf_counter() - start
+            rstate = rstate.replace(step=jnp.int32(ph.relabel_after + 1))
         rows = np.arange(ph.batch_size, dtype=np.int32)
         args = [
             (

@@ -1,5 +1,6 @@
 """Every experiments/ notebook executes at the tiny scale; the sweep helper's table and its bad input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,31 @@ def test_notebook_executes_at_tiny_scale(path, tmp_path):
 
 
 def test_sweep_runs_reads_back_and_tabulates(tmp_path):
-    variants = {"a": {"points.num": 30}, "b": {"points.num": 40, "sigma.list": "2.0"}}
+    variants = {
+        "a": {"points.num": 30},
+        "b": {"points.num": 40, "sigma.list": "2.0"},
+        "c": {"points.num": 30, "refine.steps": 4, "refine.relabel_every": 2},  # a, then a refinement
+    }
     frame = sweep.train_variants("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)
-    assert list(frame.index) == ["a", "b"] and list(frame["points.num"]) == [30, 40]
+    assert list(frame.index) == ["a", "b", "c"] and list(frame["points.num"]) == [30, 40, 30]
     assert frame.loc["b", "final_sigma_in"] == pytest.approx(2.0)
     assert (frame["points"] == frame["points.num"]).all()  # the evaluation saw each variant's own cloud
     for column in ("chamfer", "rotation_error_median_deg", "train_s", "final_test_loss"):
         assert frame[column].notna().all(), column
+    # c differs from a only after training: it started from a's training and only refined
+    done = {name: json.loads((tmp_path / name / sweep.DONE).read_text()) for name in variants}
+    assert done["c"]["shared_training"] == "a" and "shared_training" not in done["b"]
+    records = {name: [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")] for name in "ac"}
+    assert [r for r in records["c"] if r.get("phase") != "refine"] == records["a"]
+    assert [r["refine_step"] for r in records["c"] if r.get("phase") == "refine"] == [4]
+    step = str(frame.loc["a", "step"])
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == [step]
+    for a, c in zip(
+        sorted((tmp_path / "a" / "checkpoints" / step).rglob("*")),
+        sorted((tmp_path / "c" / "checkpoints" / step).rglob("*")),
+    ):
+        assert a.name == c.name and (a.is_dir() or a.read_bytes() == c.read_bytes())
+    assert frame.loc["c", "refined_rotation_error_median_deg"] >= 0
     mtime = (tmp_path / "a" / sweep.DONE).stat().st_mtime
     again = sweep.train_variants(
         "configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True
