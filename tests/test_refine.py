@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy.spatial import cKDTree
 from test_fits_training import _fits_config, _images
 
 from configs import tiny
@@ -124,11 +125,13 @@ def test_refinement_recovers_perturbed_poses_with_the_true_points():
 
 
 def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
-    cfg = _config(**{"train.save_every": 4})
-    quiet = _config(**{"train.save_every": 4, "train.report": False})  # evaluated once, at the end
+    # with the symmetry breaking at refinement step 4 (a third of 12), relabelling every 2nd step after it
+    cfg = _config(**{"train.save_every": 4, "refine.relabel_every": 2})
+    quiet = _config(**{"train.save_every": 4, "train.report": False, "refine.relabel_every": 2})
     pipeline.train_and_evaluate(quiet, tmp_path / "whole")
     pipeline.train_and_evaluate(quiet, tmp_path / "cut")
-    shutil.rmtree(tmp_path / "cut" / "refine" / "checkpoints" / "12")  # as if killed after refinement step 8
+    for step in ("8", "12"):  # as if killed after refinement step 4: its checkpoint holds the state before
+        shutil.rmtree(tmp_path / "cut" / "refine" / "checkpoints" / step)  # the breaking, which is redone
     (tmp_path / "cut" / "final.ply").unlink()
     pipeline.train_and_evaluate(cfg, tmp_path / "cut")
     assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "cut" / "final.ply").read_bytes()
@@ -140,7 +143,7 @@ def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps)) and steps[-1] == 32 + 12  # refinement steps follow the 32 training steps
-    assert [r["refine_step"] for r in records if r.get("phase") == "refine"] == [8, 12]
+    assert [r["refine_step"] for r in records if r.get("phase") == "refine"] == [4, 8, 12]
     results = json.loads((tmp_path / "cut" / "eval" / "metrics.json").read_text())
     assert (results["step"], results["refine_step"], results["train_images"]) == (32, 12, 32)
     assert 0 <= results["refined_rotation_error_median_deg"] <= 180
@@ -260,3 +263,65 @@ def test_a_relabelling_step_moves_only_its_batch_and_starts_moved_rows_afresh():
     again, metrics = run(jax.device_put(after).replace(R0_Mx3x3=jnp.asarray(R0_again)), batch)
     np.testing.assert_array_equal(np.asarray(again.R0_Mx3x3), R0_again)
     assert float(metrics["relabelled"]) == 0
+
+
+def test_seeding_moves_the_densest_points_to_a_place_that_stands_out():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(200, 3)) * 0.5
+    points[:20] *= 0.2  # a dense core: the most redundant points
+    grid = rng.uniform(-3, 3, size=(5000, 3))
+    flat = rng.normal(10.0, 1.0, size=len(grid))
+    same, moved, score = refine.seed_feature(points, grid, flat, seed=1)
+    assert len(moved) == 0 and score < refine.PEAK_SCORE and same is points  # noise: nothing stands out
+    peak = np.argmax(np.linalg.norm(grid, axis=1) * (np.abs(grid).max(1) < 2.5))  # far out, inside the cube
+    planted = flat.copy()
+    planted[peak] = 60.0
+    new, moved, score = refine.seed_feature(points, grid, planted, seed=1)
+    assert score > refine.PEAK_SCORE and len(moved) == 10  # 5% of 200
+    nearest = np.sort(cKDTree(points).query(points, k=2)[0][:, 1])
+    assert cKDTree(points).query(points[moved], k=2)[0][:, 1].max() <= nearest[9]  # the densest ten
+    assert np.linalg.norm(new[moved] - grid[peak], axis=1).max() < 0.5
+    np.testing.assert_array_equal(np.delete(new, moved, 0), np.delete(points, moved, 0))
+
+
+def test_breaking_finds_the_missing_knob_and_relabels_rows_onto_one_copy():
+    # the propeller's body learned without its knob (the knob's 16 points piled into the body), and rows at
+    # their true poses turned by a random copy of the 3-fold turn: the average a false symmetry leaves
+    cfg = _config(**{"data.object": str(REPO / "objs" / "propeller_knob.obj"), "refine.relabel_every": 2})
+    cfg.refine.images, cfg.refine.batch_size = 64, 16
+    cfg.data.train_size = 64
+    setup = create_setup(cfg)
+    ph = refine.phase(setup)
+    truth = np.asarray(setup.ds.arrays.gt_Nx3)
+    body = truth[:-16]
+    points = np.concatenate([body, body[:16] + 0.01])
+    items = np.asarray(setup.ds.splits["train"][: ph.rows])
+    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    copies = np.random.default_rng(2).integers(0, 3, ph.rows)
+    R_start = np.einsum("bij,bjk->bik", R_true, np.stack([_turn_z(120 * k) for k in copies]))
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
+    rstate = refine._fresh_state(
+        setup,
+        ph,
+        jnp.asarray(points, jnp.float32),
+        jnp.asarray(items),
+        jnp.asarray(R_start),
+        jnp.asarray(t_true, jnp.float32),
+        jnp.full((ph.rows,), ph.sigma),
+        jnp.zeros((refine.MAX_TURNS, 3, 3)),
+    )
+    broken, said = refine.break_symmetry(setup, ph, rstate)
+    assert "points moved to the strongest unexplained place" in said
+    new = np.asarray(broken.points)
+    moved = np.any(new != points, axis=1)
+    assert moved.sum() == round(refine.FEATURE_SHARE * len(points))
+    knob = truth[-16:].mean(0)  # the points went to the knob, or to one of its copies
+    places = [_turn_z(120 * k) @ knob for k in range(3)]
+    assert min(np.linalg.norm(new[moved].mean(0) - p) for p in places) < 0.15
+    R = np.asarray(refine.rotations_of(broken))
+    relative = np.einsum("bji,bjk->bik", R_true, R)  # R_true^T R: the turn each row is off by
+    angle = np.degrees(np.arctan2(relative[:, 1, 0], relative[:, 0, 0])) % 360
+    turned = np.round(angle / 120) % 3
+    # the rows gather on the copy the moved points chose (those that see the knob: it can hide behind a blade)
+    assert np.bincount(copies, minlength=3).max() / ph.rows < 0.45  # they started spread over the copies
+    assert np.bincount(turned.astype(int), minlength=3).max() / ph.rows > 0.6
