@@ -54,6 +54,7 @@ BREAK_AT = 1 / 3  # of the refinement steps: where it happens
 FEATURE_SHARE = 0.05  # of the learned points, moved to the strongest unexplained place
 VOXELS = 40  # the back-projection's grid, per side
 PEAK_SCORE = 8.0  # a place gets points when its unexplained intensity is this many robust deviations up
+MAX_TURNS = 32  # relabelling candidates kept from the learned cloud's symmetries
 
 
 class RefineState(struct.PyTreeNode):
@@ -139,22 +140,20 @@ def sparse_adam(
     return jax.tree.map(step, rows, mu, nu), mu, nu, count
 
 
-MAX_TURNS = 32  # relabelling candidates kept from the learned cloud's symmetries
-
-
 def relabelling_turns(points_Nx3: np.ndarray) -> np.ndarray:
     """The rotations that map the learned cloud (nearly) onto itself (``symmetry.turns``), at most
-    MAX_TURNS, padded with the identity (which never wins a tie), MAX_TURNS x 3 x 3. A pose turned by one
-    draws (nearly) the same image; where the cloud is an average over wrongly posed copies, these are the
-    copies."""
+    MAX_TURNS, padded with the identity, MAX_TURNS x 3 x 3. A pose turned by one draws (nearly) the same
+    image; where the cloud is an average over wrongly posed copies, these are the copies. The identity is a
+    candidate too: the pose itself with its translation re-centred (``relabel``)."""
     turns = list(symmetry.turns(np.asarray(points_Nx3, np.float64)))[:MAX_TURNS]
     return np.asarray(turns + [np.eye(3)] * (MAX_TURNS - len(turns)), np.float32)
 
 
 def relabel(cloud_Nx3, turns_Kx3x3, R_Bx3x3, t_Bx2, sigma_B, targets_BxHxW, size, mode):
     """Each row's pose and its K turned copies R g scored on its image (a copy's translation puts the drawn
-    cloud's centroid on the image's, as the search does; the pose itself keeps its own): the index of the
-    best (0: the pose itself), its rotation and its translation."""
+    cloud's centroid on the image's, as the search does; the pose itself keeps its own, so a copy by the
+    identity is the pose re-centred): the index of the best (0: the pose itself, also on a tie), its
+    rotation and its translation."""
     R_all = jnp.concatenate([R_Bx3x3[:, None], jnp.einsum("bij,kjl->bkil", R_Bx3x3, turns_Kx3x3)], 1)
 
     def one(R_Cx3x3, t_2, sigma, target):
@@ -201,8 +200,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         targets = data.targets(setup.ds, arrays, batch, sigma, jnp.int32(setup.total_steps))
         R0 = state.R0_Mx3x3[rows_B]
         gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
-        mu_B, nu_B, count_B = (jax.tree.map(lambda x: x[rows_B], m) for m in (state.mu, state.nu, state.count_M))
-        moments = (mu_B, nu_B, count_B)
+        moments = tuple(jax.tree.map(lambda x: x[rows_B], m) for m in (state.mu, state.nu, state.count_M))
         moved_B = jnp.zeros(rows_B.shape, bool)
         if ph.relabel_every:  # a row moves to its best turned copy, afresh
             due = (state.step % ph.relabel_every == 0) & (state.step > ph.relabel_after)

@@ -50,15 +50,16 @@ def test_config_has_the_default_fields_and_passes_the_check(module, variant):
 def test_quick_single_head_is_the_same_recipe_with_the_original_method():
     best, single = quick.get_config(), quick.get_config("single_head")
     differing = {f for f in _fields(best) if _get(best, f) != _get(single, f)}
-    assert differing == {"model.num_heads", "train.steps", "refine.steps"}
+    assert differing == {"model.num_heads", "train.steps", "refine.steps", "refine.relabel_every"}
     original = default.get_config()
-    assert all(_get(single, f) == _get(original, f) for f in ("model.num_heads", "train.steps", "refine.steps"))
+    assert all(_get(single, f) == _get(original, f) for f in differing)
 
 
 def test_quick_d8_is_the_same_recipe_with_the_pore_group_imposed():
     best, d8 = quick.get_config(), quick.get_config("d8")
     differing = {f for f in _fields(best) if _get(best, f) != _get(d8, f)}
-    assert differing == {"model.symmetry", "points.num"} and d8.points.num % 16 == 0
+    assert differing == {"model.symmetry", "points.num", "refine.steps", "refine.relabel_every"}
+    assert d8.points.num % 16 == 0 and d8.refine.relabel_every == 0  # an imposed group: nothing to break
 
 
 @pytest.mark.parametrize("source", ["fits", "locs"])

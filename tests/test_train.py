@@ -121,7 +121,7 @@ def test_adapt_reduces_both_rates_when_point_movement_plateaus():
 
 
 def test_same_seed_same_run_and_resume_after_sigkill(tmp_path):
-    overrides = ["--config.train.epochs=6", "--config.train.save_every=8"]
+    overrides = ["--config.train.epochs=6", "--config.train.save_every=8", "--config.train.report=false"]
     whole = _launch(tmp_path / "whole", *overrides)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
 
