@@ -346,11 +346,11 @@ def relabel_all(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineStat
         )
         return state, jnp.sum(moved & valid_B)
 
-    total = 0
+    counts = []
     for rows, batch, valid in _row_chunks(setup, ph, np.asarray(state.items_M)):
         state, moved = chunk(state, setup.ds.arrays, rows, batch, valid)
-        total += int(moved)
-    return state, total
+        counts.append(moved)  # summed once at the end: no wait on the device per chunk
+    return state, int(sum(counts))
 
 
 def _bcast(valid_B: jax.Array, x: jax.Array) -> jax.Array:
