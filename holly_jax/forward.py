@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holly_jax import loss, model, render, schedule
+from holly_jax import compiler, loss, model, render, schedule
 from holly_jax.setup import Setup
 
 
@@ -111,7 +111,7 @@ class Predictor:
 
     def __init__(self, setup: Setup, state: Any, batch: int = 32):
         self.setup, self.state, self.batch = setup, state, batch
-        self._fn = jax.jit(lambda st, images, sigma: predict(setup, st.params, st.batch_stats, images, sigma))
+        self._fn = compiler.jit(lambda st, images, sigma: predict(setup, st.params, st.batch_stats, images, sigma))
 
     def __call__(self, images_BxHxW: np.ndarray, sigma: float) -> Prediction:
         images = np.asarray(images_BxHxW, np.float32)

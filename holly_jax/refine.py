@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from holly_jax import (
     checkpoints,
+    compiler,
     data,
     forward,
     input_pipeline,
@@ -244,7 +245,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         return state, metrics
 
     rep = setup.replicated()
-    return jax.jit(refine_step, donate_argnums=0, out_shardings=(rep, rep))
+    return compiler.jit(refine_step, donate_argnums=0, out_shardings=(rep, rep))
 
 
 def _breaking_step(setup: Setup, steps: int) -> int:
@@ -277,7 +278,7 @@ def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarra
     false symmetry, it stands out at each copy."""
     mode, size = setup.cfg.train.normalise, setup.ds.size
 
-    @functools.partial(jax.jit, out_shardings=setup.replicated())
+    @functools.partial(compiler.jit, out_shardings=setup.replicated())
     def chunk(state, arrays, rows_B, batch, valid_B, grid_Vx3):
         targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
         R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
@@ -329,7 +330,7 @@ def seed_feature(points_Nx3: np.ndarray, grid_Vx3: np.ndarray, unexplained_V: np
 def relabel_all(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineState, int]:
     """Every row relabelled once (``relabel``), a batch at a time; returns the state and how many moved."""
 
-    @functools.partial(jax.jit, donate_argnums=0, out_shardings=(setup.replicated(), setup.replicated()))
+    @functools.partial(compiler.jit, donate_argnums=0, out_shardings=(setup.replicated(), setup.replicated()))
     def chunk(state, arrays, rows_B, batch, valid_B):
         targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
         gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
@@ -390,7 +391,7 @@ def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
 
     searched = setup.cfg.search.use == "refine"
 
-    @functools.partial(jax.jit, out_shardings=setup.replicated())
+    @functools.partial(compiler.jit, out_shardings=setup.replicated())
     def poses(state, arrays, batch):
         targets = data.targets(setup.ds, arrays, batch, sigma, jnp.int32(setup.total_steps))
         out = forward.predict(setup, state.params, state.batch_stats, targets, sigma)

@@ -21,7 +21,20 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from holly_jax import checkpoints, data, faults, forward, input_pipeline, loop, optim, outputs, plots, pointfile, points
+from holly_jax import (
+    checkpoints,
+    compiler,
+    data,
+    faults,
+    forward,
+    input_pipeline,
+    loop,
+    optim,
+    outputs,
+    plots,
+    pointfile,
+    points,
+)
 from holly_jax.setup import Setup, init_seed
 
 
@@ -112,9 +125,9 @@ def make_steps(setup: Setup) -> Steps:
 
     rep = setup.replicated()
     return Steps(
-        jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep)),
-        jax.jit(score_step, out_shardings=rep),
-        jax.jit(sample_step),
+        compiler.jit(train_step, donate_argnums=0, out_shardings=(rep, rep)),
+        compiler.jit(score_step, out_shardings=rep),
+        compiler.jit(sample_step),
     )
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     "loop", "forward", "optim", "checkpoints", "input_pipeline", "setup",
     "data", "simulate", "locsim", "exports", "locs", "fits",
     "shapes", "fsc", "volume", "outputs", "symmetry", "plots", "metrics", "poses", "pointfile", "model", "search",
-    "render", "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors", "hosts",
+    "render", "rotations", "loss", "schedule", "points", "salts", "atomic", "faults", "errors", "hosts", "compiler",
 ]
 # fmt: on
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")

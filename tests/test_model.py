@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,36 @@ def test_bfloat16_option_runs_convolutions_in_bfloat16_and_heads_in_float32():
     pose, state = net.apply(variables, x, train=False, mutable=["intermediates"], capture_intermediates=True)
     assert state["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
     assert pose.R_Bx3x3.dtype == jnp.float32 and pose.t_Bx2.dtype == jnp.float32
+
+
+def _ynnpack_convolutions(hlo: str) -> int:
+    """How many of a compiled module's convolutions XLA hands to YNNPACK (fusions named ynn_fusion*)."""
+    called = set(re.findall(r"%ynn_fusion[\w.]* = .*?calls=%([\w.\-]+)", hlo))
+    blocks = {b.split()[0].lstrip("%"): b for b in hlo.split("\n\n") if b.strip()}
+    return sum("convolution(" in blocks.get(name, "") for name in called)
+
+
+def test_cpu_steps_compile_convolutions_without_ynnpack_and_give_the_same_numbers():
+    """holly_jax.compiler: on the CPU the network's convolutions leave YNNPACK (XLA's default) and the gradient
+    is XLA's default one up to float32 rounding."""
+    from holly_jax import compiler
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the option is for XLA:CPU")
+    assert compiler.options() == compiler.CPU  # this jaxlib knows the option
+    net, variables = _init(40, 40)
+    x = jax.random.normal(jax.random.key(1), (4, 40, 40))
+
+    def loss(params):
+        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out.R_Bx3x3 * jnp.arange(9.0).reshape(3, 3)) + jnp.sum(out.t_Bx2) + jnp.sum(out.sigma_B)
+
+    ours = compiler.jit(jax.grad(loss))
+    default = jax.jit(jax.grad(loss), compiler_options=compiler.XLA_DEFAULT_CPU)
+    hlo = ours.lower(variables["params"]).compile().as_text()
+    assert "convolution(" in hlo and _ynnpack_convolutions(hlo) == 0
+    assert _ynnpack_convolutions(default.lower(variables["params"]).compile().as_text()) >= len(model.LAYERS)
+    # conv biases before BatchNorm have zero gradient in exact arithmetic: tolerance scaled by the largest entry
+    flat = lambda tree: np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+    a, b = flat(ours(variables["params"])), flat(default(variables["params"]))
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * np.max(np.abs(b)))
