@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import machine  # noqa: E402
 from bench import render as render_bench  # noqa: E402
 from configs import default  # noqa: E402
-from holly_jax import input_pipeline, simulate, train  # noqa: E402
+from holly_jax import compiler, input_pipeline, simulate, train  # noqa: E402
 from holly_jax.setup import Setup, create_setup  # noqa: E402
 
 CNN_GFLOP_PER_IMAGE = 0.68  # forward + backward at 128x128 (docs/method.md §2)
@@ -71,11 +71,20 @@ def training_setup(size: int, points: int, batch: int, dtype: str = "float32") -
     return create_setup(cfg)
 
 
-def time_training(setup: Setup, steps: int, donate: bool = True, sync_each_step: bool = False) -> dict:
-    """Compile time and steady images/s of the jitted train step."""
+def time_training(
+    setup: Setup, steps: int, donate: bool = True, sync_each_step: bool = False, compiler_options: dict | None = None
+) -> dict:
+    """Compile time and steady images/s of the jitted train step (compiled with ``compiler_options`` in place of
+    the project's, where given)."""
     state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
-    step_fn = fns.train if donate else jax.jit(fns.train.__wrapped__)
+    step_fn = fns.train
+    if not donate or compiler_options is not None:
+        step_fn = jax.jit(
+            fns.train.__wrapped__,
+            donate_argnums=0 if donate else (),
+            compiler_options=compiler_options if compiler_options is not None else compiler.options(),
+        )
     batch = next(input_pipeline.train_batches(setup, 0))
     start = time.perf_counter()
     state, metrics = step_fn(state, setup.ds.arrays, batch)
@@ -155,6 +164,13 @@ def main() -> None:
     }
     bf16 = time_training(training_setup(128, 230, batch, "bfloat16"), steps)["images_per_s"]
     ratios["bfloat16_convs_vs_float32"] = bf16 / base
+    if not gpu:  # XLA's own convolutions (holly_jax/compiler.py) against its default, YNNPACK's; interleaved
+        ours, ynn = [], []
+        for _ in range(3):  # best of three each: on a shared machine, noise only ever slows a run
+            ours.append(time_training(setup, steps)["images_per_s"])
+            ynn.append(time_training(setup, steps, compiler_options=compiler.XLA_DEFAULT_CPU)["images_per_s"])
+        ratios["xla_convs_vs_ynnpack_convs"] = max(ours) / max(ynn)
+        ratios["xla_convs_vs_ynnpack_convs_images_per_s"] = {"xla": ours, "ynnpack": ynn}
     results["optimisation_ratios"] = {"batch": batch, **ratios}
 
     results["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
