@@ -26,7 +26,7 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import machine  # noqa: E402
-from bench.run import CNN_GFLOP_PER_IMAGE, time_training, training_setup  # noqa: E402
+from bench.run import CNN_GFLOP_PER_IMAGE, time_convolution_choice, time_training, training_setup  # noqa: E402
 from holly_jax import compiler, model  # noqa: E402
 
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -91,11 +91,11 @@ def main() -> None:
     args = parser.parse_args()
     rate = machine.matmul_gflops()
     setup = training_setup(128, 230, args.batch)
-    ours, ynn = [], []
-    for _ in range(2 if jax.default_backend() == "cpu" else 1):
-        ours.append(time_training(setup, 20)["images_per_s"])
-        if jax.default_backend() == "cpu":
-            ynn.append(time_training(setup, 20, compiler_options=compiler.XLA_DEFAULT_CPU)["images_per_s"])
+    if jax.default_backend() == "cpu":
+        choice = time_convolution_choice(setup, 20, rounds=2)
+        ours, ynn = choice["xla"], choice["ynnpack"]
+    else:
+        ours, ynn = [time_training(setup, 20)["images_per_s"]], []
     step = {"images_per_s": max(ours)}
     step_ms = args.batch / step["images_per_s"] * 1e3
     rows = layers(args.batch)

@@ -99,6 +99,17 @@ def time_training(
     return {"compile_s": compile_s, "images_per_s": steps * setup.batch_size / (time.perf_counter() - start)}
 
 
+def time_convolution_choice(setup: Setup, steps: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Images/s of the train step compiled as the project compiles it ("xla": XLA's own convolutions,
+    holly_jax/compiler.py) and with XLA's CPU default ("ynnpack"), interleaved ``rounds`` times: on a shared
+    machine noise only ever slows a run, so compare the best of each."""
+    times: dict[str, list[float]] = {"xla": [], "ynnpack": []}
+    for _ in range(rounds):
+        times["xla"].append(time_training(setup, steps)["images_per_s"])
+        times["ynnpack"].append(time_training(setup, steps, compiler_options=compiler.XLA_DEFAULT_CPU)["images_per_s"])
+    return times
+
+
 def time_sigma_schedule(setup: Setup, steps: int, static: bool) -> float:
     """Images/s rendering targets while sigma changes every step: as data, or as a static argument."""
     sim, opts, size, b = setup.ds.arrays, setup.ds.opts, setup.ds.size, setup.batch_size
@@ -164,13 +175,10 @@ def main() -> None:
     }
     bf16 = time_training(training_setup(128, 230, batch, "bfloat16"), steps)["images_per_s"]
     ratios["bfloat16_convs_vs_float32"] = bf16 / base
-    if not gpu:  # XLA's own convolutions (holly_jax/compiler.py) against its default, YNNPACK's; interleaved
-        ours, ynn = [], []
-        for _ in range(3):  # best of three each: on a shared machine, noise only ever slows a run
-            ours.append(time_training(setup, steps)["images_per_s"])
-            ynn.append(time_training(setup, steps, compiler_options=compiler.XLA_DEFAULT_CPU)["images_per_s"])
-        ratios["xla_convs_vs_ynnpack_convs"] = max(ours) / max(ynn)
-        ratios["xla_convs_vs_ynnpack_convs_images_per_s"] = {"xla": ours, "ynnpack": ynn}
+    if not gpu:
+        choice = time_convolution_choice(setup, steps)
+        ratios["xla_convs_vs_ynnpack_convs"] = max(choice["xla"]) / max(choice["ynnpack"])
+        ratios["xla_convs_vs_ynnpack_convs_images_per_s"] = choice
     results["optimisation_ratios"] = {"batch": batch, **ratios}
 
     results["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

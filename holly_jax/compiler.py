@@ -1,7 +1,7 @@
 """How the steps are compiled: ``jit`` is ``jax.jit`` with this project's XLA options for the backend.
 
 On the CPU, jaxlib 0.10's XLA hands convolutions to YNNPACK by default. Its convolutions are slower than
-XLA's own (Eigen) ones for this network, most of all the backward passes of the wide early layers: on our
+XLA's own (Eigen) ones for this network, most of all on the middle layers (conv2 to conv4): on our
 2-core AMD EPYC the network's forward and backward run about 1.3x faster without them (``python
 bench/profile.py`` times both ways in one run). So CPU steps are compiled with YNNPACK kept for matrix
 products and reductions only. The numbers are the same up to float32 rounding (another summation order).
