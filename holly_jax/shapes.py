@@ -149,12 +149,48 @@ def lobes(n_points: int = 250, seed: int = 0) -> np.ndarray:
     return points.astype(np.float32)
 
 
+def branched(n_points: int = 240, seed: int = 0) -> np.ndarray:
+    """An irregular asymmetric shape of parts of every dimension, (N, 3): a rod bent at 110 degrees with a
+    shorter side branch leaving its elbow out of plane (1D), a tilted rectangular plate across one end (2D)
+    and an egg-shaped blob off the other (3D). No rotation maps it onto itself (nor most of it), and it is
+    not only a thin curve."""
+    if n_points < 40:
+        raise ValueError(f"need at least 40 points, got {n_points}")
+    rng = np.random.default_rng(seed)
+    counts = np.round(np.array([0.3, 0.14, 0.3, 0.26]) * n_points).astype(int)
+    counts[0] += n_points - counts.sum()
+    n_rods, n_branch, n_plate, n_ball = counts
+
+    def rod(start, end, n, width):
+        s = rng.uniform(0.0, 1.0, n)[:, None]
+        return start + s * (np.asarray(end) - start) + _blob(rng, n, (width, width, width))
+
+    elbow = np.zeros(3)
+    a_end = np.array([1.3, 0.0, 0.0])
+    b_end = 1.1 * np.array([np.cos(np.radians(110.0)), np.sin(np.radians(110.0)), 0.0])
+    n_a = n_rods // 2
+    rods = np.concatenate([rod(elbow, a_end, n_a, 0.035), rod(elbow, b_end, n_rods - n_a, 0.035)])
+    branch = rod(elbow, np.array([-0.25, -0.35, 0.75]), n_branch, 0.03)
+    # plate: a 0.9 x 0.45 rectangle across the end of rod a, tilted out of the rods' plane
+    u, v = rng.uniform(-0.5, 0.5, (2, n_plate))
+    sheet = np.stack([0.02 * rng.standard_normal(n_plate), 0.9 * u, 0.45 * v], axis=1)
+    tilt = np.linalg.qr(np.array([[1.0, 0.5, 0.3], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).T)[0]
+    plate = sheet @ tilt.T + a_end + np.array([0.1, 0.0, 0.15])
+    # an egg-shaped blob off the end of rod b
+    ball = _blob(rng, n_ball, (0.2, 0.12, 0.09)) + b_end + np.array([-0.15, 0.2, -0.3])
+    points = np.concatenate([rods, branch, plate, ball])
+    points -= points.mean(axis=0)
+    points *= 1.6 / np.abs(points).max()
+    return points.astype(np.float32)
+
+
 SHAPES = {
     "cep152_toroid": cep152_toroid,
     "nuclear_pore": nuclear_pore,
     "asymmetric": asymmetric_shape,
     "propeller_knob": propeller_knob,
     "lobes": lobes,
+    "branched": branched,
 }
 # Shapes with one small feature that breaks their symmetry: how many of the file's last points it is
 FEATURES = {"propeller_knob": 16}

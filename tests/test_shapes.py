@@ -14,6 +14,7 @@ from holly_jax.shapes import (
     FEATURES,
     SHAPES,
     asymmetric_shape,
+    branched,
     cep152_toroid,
     lobes,
     main,
@@ -72,7 +73,14 @@ def test_size_bounds_and_determinism(name: str) -> None:
 
 @pytest.mark.parametrize(
     "make, n_points",
-    [(cep152_toroid, 250), (nuclear_pore, 230), (asymmetric_shape, 201), (propeller_knob, 233), (lobes, 201)],
+    [
+        (cep152_toroid, 250),
+        (nuclear_pore, 230),
+        (asymmetric_shape, 201),
+        (propeller_knob, 233),
+        (lobes, 201),
+        (branched, 203),
+    ],
 )
 def test_point_count_is_honoured(make, n_points: int) -> None:
     assert make(n_points=n_points).shape == (n_points, 3)
@@ -134,6 +142,33 @@ def test_the_propeller_is_three_fold_but_for_its_knob() -> None:
     assert np.linalg.norm(knob - knob.mean(0), axis=1).max() < 0.4
     assert cKDTree(body).query(knob.mean(0))[0] > 0.2
     assert cKDTree(points_Nx3).query(rotate_z(knob, 120.0))[0].min() > 0.2
+
+
+def test_branched_has_a_rod_a_plate_and_a_blob_and_no_symmetry() -> None:
+    points_Nx3 = branched().astype(np.float64)
+    # the parts' own shapes from their covariances (principal spreads, largest first): the rod and the branch
+    # are lines, the plate a sheet, the blob a solid
+    spreads = lambda x: np.sqrt(np.linalg.eigvalsh(np.cov(x.T))[::-1])
+    n = len(points_Nx3)
+    counts = np.round(np.array([0.3, 0.14, 0.3, 0.26]) * n).astype(int)
+    counts[0] += n - counts.sum()
+    ends = np.cumsum(counts)
+    rod_a = points_Nx3[: counts[0] // 2]
+    branch = points_Nx3[ends[0] : ends[1]]
+    plate = points_Nx3[ends[1] : ends[2]]
+    blob = points_Nx3[ends[2] :]
+    for line in (rod_a, branch):
+        s = spreads(line)
+        assert s[1] < 0.15 * s[0]
+    s = spreads(plate)
+    assert s[2] < 0.25 * s[1] and s[1] > 0.3 * s[0]
+    s = spreads(blob)
+    assert s[2] > 0.3 * s[0]
+    # no turn of more than 30 degrees maps it (or most of it) onto itself: poses are unique
+    for axis in np.concatenate([np.eye(3), Rotation.random(20, random_state=2).apply([0.0, 0.0, 1.0])]):
+        for degrees in (60.0, 90.0, 120.0, 180.0):
+            turned = Rotation.from_rotvec(np.deg2rad(degrees) * axis).apply(points_Nx3 - points_Nx3.mean(0))
+            assert chamfer(points_Nx3 - points_Nx3.mean(0), turned) > 0.2, (axis, degrees)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

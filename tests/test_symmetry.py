@@ -69,6 +69,8 @@ def test_the_bundled_shapes():
     assert symmetry.find(pointfile.read_points(OBJS / "asymmetric.obj")).name == "C1"
     lobes = symmetry.find(pointfile.read_points(OBJS / "lobes.obj"))
     assert lobes.name == "C1" and not lobes.near  # irregular: nothing maps most of it onto itself
+    branched = symmetry.find(pointfile.read_points(OBJS / "branched.obj"))
+    assert branched.name == "C1" and all(a.order >= 12 for a in branched.near)  # small turns of its long axis
     propeller = symmetry.find(pointfile.read_points(OBJS / "propeller_knob.obj"))
     assert propeller.name == "C1"  # the knob breaks the propeller's 3-fold axis, which stays a near-symmetry
     threefold = [a for a in propeller.near if a.order == 3 and abs(a.direction[2]) > 0.99]
