@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -113,6 +114,26 @@ def test_a_run_killed_at_eleven_moments_ends_as_an_uninterrupted_one(whole, tmp_
         (workdir / "eval" / "metrics.json").read_text()
     )
     assert not list(workdir.rglob(".*.tmp"))  # half-written files of the killed processes were cleared
+
+
+def test_a_run_killed_from_outside_after_a_checkpoint_resumes_as_the_uninterrupted_one(whole, tmp_path):
+    """A SIGKILL from another process (as an out-of-memory kill or a lost job would end it), at whatever moment
+    after the checkpoint of step 16 is on disk: the next run resumes from a checkpoint and ends as ``whole``."""
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "launch.py"), "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    killed = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker, deadline = workdir / "checkpoints" / "16", time.monotonic() + 300
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (workdir / "final.ply").exists(), "the run finished before it could be killed"
+    proc = _launch(workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming at step" in proc.stdout
+    _assert_same_run(whole, workdir)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [16, 24, 32]  # max_to_keep 3
 
 
 # orbax leaves the failed reads to the garbage collector (launch.py sends those reports to run.log)
