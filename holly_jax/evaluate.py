@@ -355,8 +355,18 @@ def evaluate(
     return results
 
 
+def _shown(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The results a table shows: the scalars, and each list of error groups as one line of text."""
+    text = lambda groups: ", ".join(f"{g['share']:.0%} at {g['error_deg']:.0f} deg" for g in groups) or "none"
+    return [
+        (k, text(v) if k.endswith("rotation_error_groups") else v)
+        for k, v in results.items()
+        if not isinstance(v, (list, dict)) or k.endswith("rotation_error_groups")
+    ]
+
+
 def format_table(results: dict[str, Any]) -> str:
-    rows = [(k, v) for k, v in results.items() if not isinstance(v, (list, dict))]
+    rows = _shown(results)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -383,8 +393,7 @@ def write_report(workdir: Path, results: dict[str, Any] | None = None) -> None:
     if results:
         rows = "".join(
             f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
-            for k, v in results.items()
-            if not isinstance(v, (list, dict))
+            for k, v in _shown(results)
         )
         parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
     for title, rel in pictures:

@@ -72,15 +72,53 @@ class PoseError(NamedTuple):
     errors_deg: np.ndarray  # per image
     mirrored: bool
     alignment: np.ndarray  # the global rotation A
+    groups: list[dict] | None = None  # consistent errors (``error_groups``)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict:
         e = self.errors_deg
         return {
             "rotation_error_median_deg": float(np.median(e)),
             "rotation_error_mean_deg": float(np.mean(e)),
             "rotation_under_10deg": float(np.mean(e < 10.0)),
             "rotation_mirrored": bool(self.mirrored),
+            "rotation_error_groups": self.groups or [],
         }
+
+
+def error_groups(
+    q_Bx3x3: np.ndarray, equal_Sx3x3: np.ndarray, radius_deg: float = 20.0, least: float = 0.05, most: int = 4
+) -> list[dict]:
+    """Errors that many images share: where poses fall on one wrong copy of the object, their error
+    rotations q (right when q is in ``equal``, the rotations that count as no error) agree. Each q is taken
+    to its representative s^T q (s the nearest element of ``equal``); the largest set within
+    ``radius_deg`` of one representative is a group, again on the rest, while a group holds at least
+    ``least`` of the images (at most ``most`` groups). Each: its share of the images, its error (degrees,
+    the centre's angle; 0 for the right poses) and the axis it turns about, in the truth's frame."""
+    q = np.asarray(q_Bx3x3, np.float64)
+    equal = np.asarray(equal_Sx3x3, np.float64)
+    nearest = np.argmax(np.einsum("bij,sij->bs", q, equal), axis=1)
+    rep = np.einsum("bji,bjk->bik", equal[nearest], q)  # s^T q
+    cos = (np.einsum("aij,bij->ab", rep, rep) - 1.0) / 2.0
+    close = cos >= np.cos(np.radians(radius_deg))
+    left, groups = np.ones(len(q), bool), []
+    while len(groups) < most and left.any():
+        counts = (close & left[None, :]).sum(1) * left
+        members = close[np.argmax(counts)] & left
+        if members.sum() < least * len(q):
+            break
+        centre = _project_so3(rep[members].sum(0))
+        rotvec = Rotation.from_matrix(centre).as_rotvec()
+        angle = float(np.linalg.norm(rotvec))
+        axis = rotvec / angle if angle > 1e-9 else np.array([0.0, 0.0, 1.0])
+        groups.append(
+            {
+                "share": float(members.mean()),
+                "error_deg": round(float(np.degrees(angle)), 2),
+                "axis": [round(float(v), 4) for v in axis],
+            }
+        )
+        left &= ~members
+    return groups
 
 
 def _angles_to_group_deg(q_Bx3x3: np.ndarray, group_Gx3x3: np.ndarray) -> np.ndarray:
@@ -118,9 +156,8 @@ def rotation_error(
             pred = F @ R_pred @ F if mirrored else R_pred
             R_align = np.asarray(R_align, np.float64)
             q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R^T
-            results.append(
-                PoseError(_angles_to_group_deg(q, _with(group, imposed, R_align, mirrored)), bool(mirrored), R_align)
-            )
+            equal = _with(group, imposed, R_align, mirrored)
+            results.append(PoseError(_angles_to_group_deg(q, equal), bool(mirrored), R_align, error_groups(q, equal)))
         best = min(results, key=lambda r: np.median(r.errors_deg))
         return best._replace(errors_deg=np.min([r.errors_deg for r in results], axis=0))
     else:
@@ -130,7 +167,9 @@ def rotation_error(
             pred = F @ R_pred @ F if mirrored else R_pred
             q = np.einsum("bji,bjk->bik", R_true, pred)
             a = robust_mean(q)
-            results.append(PoseError(_angles_deg(q, a), mirrored, a))
+            results.append(
+                PoseError(_angles_deg(q, a), mirrored, a, error_groups(np.einsum("bij,kj->bik", q, a), np.eye(3)[None]))
+            )
     return min(results, key=lambda r: np.median(r.errors_deg))
 
 

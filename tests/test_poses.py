@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from holly_jax import poses
+from holly_jax import poses, symmetry
 from holly_jax.errors import InputError
 
 F = np.diag([1.0, 1.0, -1.0])
@@ -69,3 +69,32 @@ def test_greedy_tour_visits_each_rotation_and_steps_to_the_nearest():
         here, rest = order[i], order[i + 1 :]
         angle = lambda j: Rotation.from_matrix(R[here].T @ R[j]).magnitude()
         assert angle(order[i + 1]) <= min(angle(j) for j in rest) + 1e-12
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_error_groups_find_poses_on_one_wrong_copy(symmetric):
+    """Half the poses right, 30% at one consistent wrong turn (a half turn about x; 40 degrees about a tilted
+    axis for a D4 truth, each pose also on a random symmetric copy), 20% random: the groups come back as
+    planted, largest first, and the random ones make none."""
+    n, rng = 400, np.random.default_rng(5)
+    group = symmetry.group_rotations("d4") if symmetric else np.eye(3)[None]
+    turn = Rotation.from_rotvec(np.radians(40) * np.array([1.0, 2.0, 2.0]) / 3) if symmetric else None
+    wrong = turn.as_matrix() if symmetric else Rotation.from_rotvec([np.pi, 0, 0]).as_matrix()
+    kind = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    q = np.where(kind[:, None, None] == 1, wrong, np.eye(3)) @ _noisy(n, np.full(n, 4.0), 6)
+    q[kind == 2] = Rotation.random(int(np.sum(kind == 2)), random_state=7).as_matrix()
+    q = group[rng.integers(len(group), size=n)] @ q  # any symmetric copy counts as the same error
+    R_true, A = Rotation.random(n, random_state=8).as_matrix(), Rotation.random(random_state=9).as_matrix()
+    R_pred = R_true @ q @ A  # q = R_true^T R_pred A^T
+    groups = poses.rotation_error(R_true, R_pred, [(A, False)], group).summary()["rotation_error_groups"]
+    assert len(groups) == 2
+    right, off = groups
+    assert right["share"] == pytest.approx(np.mean(kind == 0), abs=0.01) and right["error_deg"] < 2
+    assert off["share"] == pytest.approx(np.mean(kind == 1), abs=0.01)
+    assert off["error_deg"] == pytest.approx(40.0 if symmetric else 180.0, abs=2)
+    if not symmetric:
+        assert abs(off["axis"][0]) > 0.99
+    # without the cloud's frames (fitted to the poses), the same groups for a truth with no symmetry
+    if not symmetric:
+        fitted = poses.rotation_error(R_true, R_pred).summary()["rotation_error_groups"]
+        assert [g["share"] for g in fitted] == [g["share"] for g in groups]
