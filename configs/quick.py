@@ -8,13 +8,17 @@ images: batch 32, a coarse-to-fine schedule (the teapot list halved,
 5 -> 0.6 px, interpolated), points learning 10x faster than the network, both
 rates falling to zero over the last 30% of the run, the schedule's sigma (not
 predicted). Four pose heads (winner takes all) train for 3,470 steps; then
-the poses of the first 1,000 training images are refined with the points for
-472 steps of 100 images, breaking a false symmetry of the learned cloud a
+each of the first 1,000 training images starts a row of a pose table from the
+better of the network's pose and a global pose search's against the trained
+cloud (``search.use="refine"``: a 30-degree grid over SO(3), the best 8
+rotations refined on 3 finer levels), and the rows are refined with the points
+for 472 steps of 100 images, breaking a false symmetry of the learned cloud a
 third of the way in and relabelling every 10 steps after it
-(``refine.relabel_every``). At equal wall clock that recovered the poses and
-the feature of a shape that is symmetric but for one small feature where the
-plain refinement (963 steps) did not, and tied on the other shapes (README,
-"Pose ambiguity").
+(``refine.relabel_every``). The breaking recovered the poses and the feature
+of a shape that is symmetric but for one small feature where the plain
+refinement did not, at equal wall clock; the search then recovered the poses
+of the irregular shapes, where spending its seconds on more refinement steps
+did not (README, "Pose ambiguity").
 
 The ``d8`` variant imposes the pore's point group (``model.symmetry``): the
 learned points are one asymmetric unit of 13, drawn 16 times (208 in all),
@@ -68,4 +72,7 @@ def get_config(variant: str = "heads_refine"):
     if variant == "heads_refine":  # the symmetry breaking's cost taken from the refinement's steps
         config.refine.steps = 472
         config.refine.relabel_every = 10
+        config.search.use = "refine"  # 552 rotations, then 3 levels of 27 turns around the best 8
+        config.search.grid_deg = 30.0
+        config.search.levels = 3
     return config

@@ -252,7 +252,9 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     timed over ``steps`` steps after compiling and ``steps`` untimed warm-up steps (on a CPU the first
     few dozen steps after compiling run several times slower than the rest), without writing anything:
     for comparisons at equal wall-clock time. With ``refine.relabel_every``, the refinement's steps are
-    timed past its symmetry breaking (relabelling included) and the breaking's seconds are ``break_s``."""
+    timed past its symmetry breaking (relabelling included) and the breaking's seconds are ``break_s``. With
+    ``search.use="refine"``, ``search_s`` is what the global search adds to starting the refinement's
+    table (compiling included, as a run compiles it once)."""
     setup = create_setup(cfg)
     state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
@@ -276,7 +278,14 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     rates["train"], state = timed(fns.train, state, [(setup.ds.arrays, b) for b in batches])
     if refine.enabled(setup):
         ph = refine.phase(setup)
+        start = time.perf_counter()
         rstate = refine.initial_state(setup, state, ph)
+        if cfg.search.use == "refine":  # the same start without the search, both compiled afresh
+            seconds = time.perf_counter() - start
+            plain = create_setup(override(cfg.copy_and_resolve_references(), {"search.use": "none"}))
+            start = time.perf_counter()
+            refine.initial_state(plain, state, ph)
+            rates["search_s"] = seconds - (time.perf_counter() - start)
         if ph.relabel_every:  # timed past the symmetry breaking, relabelling as often as it will; its cost
             start = time.perf_counter()
             rstate, _ = refine.break_symmetry(setup, ph, setup.replicate(rstate))
