@@ -85,26 +85,29 @@ class PoseError(NamedTuple):
         }
 
 
-def error_groups(
-    q_Bx3x3: np.ndarray, equal_Sx3x3: np.ndarray, radius_deg: float = 20.0, least: float = 0.05, most: int = 4
-) -> list[dict]:
-    """Errors that many images share: where poses fall on one wrong copy of the object, their error
-    rotations q (right when q is in ``equal``, the rotations that count as no error) agree. Each q is taken
-    to its representative s^T q (s the nearest element of ``equal``); the largest set within
-    ``radius_deg`` of one representative is a group, again on the rest, while a group holds at least
-    ``least`` of the images (at most ``most`` groups). Each: its share of the images, its error (degrees,
-    the centre's angle; 0 for the right poses) and the axis it turns about, in the truth's frame."""
+def representatives(q_Bx3x3: np.ndarray, equal_Sx3x3: np.ndarray) -> np.ndarray:
+    """Each error rotation q as s^T q, s the nearest element of ``equal`` (the rotations that count as no
+    error): errors that differ only by a symmetry become one."""
     q = np.asarray(q_Bx3x3, np.float64)
     equal = np.asarray(equal_Sx3x3, np.float64)
     nearest = np.argmax(np.einsum("bij,sij->bs", q, equal), axis=1)
-    rep = np.einsum("bji,bjk->bik", equal[nearest], q)  # s^T q
+    return np.einsum("bji,bjk->bik", equal[nearest], q)
+
+
+def error_groups(rep_Bx3x3: np.ndarray, radius_deg: float = 20.0, least: float = 0.05, most: int = 4) -> list[dict]:
+    """Errors that many images share: where poses fall on one wrong copy of the object, their error
+    rotations agree. Given each image's ``representatives``, the largest set within ``radius_deg`` of one
+    representative is a group, again on the rest, while a group holds at least
+    ``least`` of the images (at most ``most`` groups). Each: its share of the images, its error (degrees,
+    the centre's angle; 0 for the right poses) and the axis it turns about, in the truth's frame."""
+    rep = np.asarray(rep_Bx3x3, np.float64)
     cos = (np.einsum("aij,bij->ab", rep, rep) - 1.0) / 2.0
     close = cos >= np.cos(np.radians(radius_deg))
-    left, groups = np.ones(len(q), bool), []
+    left, groups = np.ones(len(rep), bool), []
     while len(groups) < most and left.any():
         counts = (close & left[None, :]).sum(1) * left
         members = close[np.argmax(counts)] & left
-        if members.sum() < least * len(q):
+        if members.sum() < least * len(rep):
             break
         centre = _project_so3(rep[members].sum(0))
         rotvec = Rotation.from_matrix(centre).as_rotvec()
@@ -150,16 +153,20 @@ def rotation_error(
     R_true, R_pred = np.asarray(R_true_Bx3x3, np.float64), np.asarray(R_pred_Bx3x3, np.float64)
     group = np.eye(3)[None] if group_Gx3x3 is None else np.asarray(group_Gx3x3, np.float64)
     imposed = np.eye(3)[None] if imposed_Hx3x3 is None else np.asarray(imposed_Hx3x3, np.float64)
-    results = []
+    results, reps = [], []
     if frames is not None:
         for R_align, mirrored in frames:
             pred = F @ R_pred @ F if mirrored else R_pred
             R_align = np.asarray(R_align, np.float64)
             q = np.einsum("bji,bjk,lk->bil", R_true, pred, R_align)  # R_true^T pred R^T
             equal = _with(group, imposed, R_align, mirrored)
-            results.append(PoseError(_angles_to_group_deg(q, equal), bool(mirrored), R_align, error_groups(q, equal)))
+            results.append(PoseError(_angles_to_group_deg(q, equal), bool(mirrored), R_align))
+            reps.append(representatives(q, equal))
         best = min(results, key=lambda r: np.median(r.errors_deg))
-        return best._replace(errors_deg=np.min([r.errors_deg for r in results], axis=0))
+        errors = np.array([r.errors_deg for r in results])
+        nearer = np.argmin(errors, axis=0)  # each image's frame, the one its error takes
+        groups = error_groups(np.array(reps)[nearer, np.arange(len(nearer))])
+        return best._replace(errors_deg=errors.min(axis=0), groups=groups)
     else:
         if len(group) > 1 or len(imposed) > 1:
             raise ValueError("a symmetric truth or an imposed group needs the cloud's frames: pass frames")
@@ -167,9 +174,7 @@ def rotation_error(
             pred = F @ R_pred @ F if mirrored else R_pred
             q = np.einsum("bji,bjk->bik", R_true, pred)
             a = robust_mean(q)
-            results.append(
-                PoseError(_angles_deg(q, a), mirrored, a, error_groups(np.einsum("bij,kj->bik", q, a), np.eye(3)[None]))
-            )
+            results.append(PoseError(_angles_deg(q, a), mirrored, a, error_groups(np.einsum("bij,kj->bik", q, a))))
     return min(results, key=lambda r: np.median(r.errors_deg))
 
 

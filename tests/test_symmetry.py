@@ -139,7 +139,12 @@ def test_an_achiral_truth_accepts_poses_of_either_handedness():
     np.testing.assert_allclose(projected(R_pred, learned), projected(R_true @ g @ found.mirror @ F, truth), atol=1e-9)
     frames = poses.cloud_frames(R_a, False, found.mirror)
     assert len(frames) == 2
-    assert poses.rotation_error(R_true, R_pred, frames, found.rotations_Gx3x3).errors_deg.max() < 0.5
+    both = poses.rotation_error(R_true, R_pred, frames, found.rotations_Gx3x3)
+    assert both.errors_deg.max() < 0.5
+    # half the images in each handedness: still one group of right poses, each image in its nearer frame
+    mixed = np.concatenate([R_pred[:16], np.einsum("bij,jk->bik", (R_true @ g)[16:], R_a)])
+    groups = poses.rotation_error(R_true, mixed, frames, found.rotations_Gx3x3).groups
+    assert len(groups) == 1 and groups[0]["share"] == 1.0 and groups[0]["error_deg"] < 0.5
     one = poses.rotation_error(R_true, R_pred, frames[:1], found.rotations_Gx3x3)
     assert np.median(one.errors_deg) > 10  # judged in one handedness only, the same poses look wrong
 
