@@ -174,8 +174,10 @@ def rotation_error(
             pred = F @ R_pred @ F if mirrored else R_pred
             q = np.einsum("bji,bjk->bik", R_true, pred)
             a = robust_mean(q)
-            results.append(PoseError(_angles_deg(q, a), mirrored, a, error_groups(np.einsum("bij,kj->bik", q, a))))
-    return min(results, key=lambda r: np.median(r.errors_deg))
+            results.append(PoseError(_angles_deg(q, a), mirrored, a))
+            reps.append(np.einsum("bij,kj->bik", q, a))
+    best = int(np.argmin([np.median(r.errors_deg) for r in results]))
+    return results[best]._replace(groups=error_groups(reps[best]))
 
 
 def _with(group_Gx3x3: np.ndarray, imposed_Hx3x3: np.ndarray, R_align: np.ndarray, mirrored: bool) -> np.ndarray:

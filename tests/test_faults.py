@@ -47,16 +47,20 @@ KILLS = [
 ]
 
 
+def _command(workdir, *extra):
+    return [
+        sys.executable,
+        str(REPO / "launch.py"),
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *OVERRIDES,
+        *extra,
+    ]
+
+
 def _launch(workdir, *extra, env=None, timeout=300):
-    cmd = [sys.executable, str(REPO / "launch.py"), "--config=configs/tiny.py", f"--workdir={workdir}"]
-    return subprocess.run(
-        cmd + OVERRIDES + list(extra),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
-    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(_command(workdir, *extra), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _config():
@@ -120,9 +124,10 @@ def test_a_run_killed_from_outside_after_a_checkpoint_resumes_as_the_uninterrupt
     """A SIGKILL from another process (as an out-of-memory kill or a lost job would end it), at whatever moment
     after the checkpoint of step 16 is on disk: the next run resumes from a checkpoint and ends as ``whole``."""
     workdir = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "launch.py"), "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    killed = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        _command(workdir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     marker, deadline = workdir / "checkpoints" / "16", time.monotonic() + 300
     while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
