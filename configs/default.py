@@ -69,7 +69,10 @@ search   a global pose search (projection matching, holly_jax/search.py):
          SO(3) at ``grid_deg`` degrees, keeps the best ``keep`` rotations per
          image and refines them for ``levels`` local levels (the step
          halving each time); ``chunk`` rotations are drawn at once per image
-         (memory: batch x chunk images).
+         (memory: batch x chunk images). ``at_break`` True searches every
+         row again at the refinement's symmetry-breaking step (it needs
+         ``refine.relabel_every`` > 0), against the cloud refined so far;
+         a row moves to the search's pose where that fits its image better.
 halves   gold-standard half-set runs (``launch.py --mode=halves``):
          ``half`` 1 or 2 trains on that half of the training items only (a
          seeded split; 0: all); ``voxel``: the FSC volumes' voxel size (nm
@@ -169,6 +172,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.search.levels = 4
     config.search.keep = 8
     config.search.chunk = 16
+    config.search.at_break = False
 
     # Half-set FSC
     config.halves = ml_collections.ConfigDict()

@@ -10,15 +10,17 @@ rates falling to zero over the last 30% of the run, the schedule's sigma (not
 predicted). Four pose heads (winner takes all) train for 3,470 steps; then
 each of the first 1,000 training images starts a row of a pose table from the
 better of the network's pose and a global pose search's against the trained
-cloud (``search.use="refine"``: a 30-degree grid over SO(3), the best 8
-rotations refined on 3 finer levels), and the rows are refined with the points
-for 472 steps of 100 images, breaking a false symmetry of the learned cloud a
-third of the way in and relabelling every 10 steps after it
+cloud (``search.use="refine"``: a 15-degree grid over SO(3), the best 8
+rotations refined on 2 finer levels), and the rows are refined with the points
+for 457 steps of 100 images, breaking a false symmetry of the learned cloud a
+third of the way in, searching every row again there against the cloud refined
+so far (``search.at_break``), and relabelling every 10 steps after it
 (``refine.relabel_every``). The breaking recovered the poses and the feature
 of a shape that is symmetric but for one small feature where the plain
 refinement did not, at equal wall clock; the search then recovered the poses
 of the irregular shapes, where spending its seconds on more refinement steps
-did not (README, "Pose ambiguity").
+did not, and searching twice (each search made cheaper) recovered more of
+them again at the same wall clock (README, "Pose ambiguity").
 
 The ``d8`` variant imposes the pore's point group (``model.symmetry``): the
 learned points are one asymmetric unit of 13, drawn 16 times (208 in all),
@@ -69,10 +71,11 @@ def get_config(variant: str = "heads_refine"):
         config.model.num_heads = 4
         config.train.steps = 3470
         config.refine.steps = 963
-    if variant == "heads_refine":  # the symmetry breaking's cost taken from the refinement's steps
-        config.refine.steps = 472
+    if variant == "heads_refine":  # the breaking's and both searches' seconds taken from the refinement's steps
+        config.refine.steps = 457
         config.refine.relabel_every = 10
-        config.search.use = "refine"  # 552 rotations, then 3 levels of 27 turns around the best 8
-        config.search.grid_deg = 30.0
-        config.search.levels = 3
+        config.search.use = "refine"  # 4,392 rotations, then 2 levels of 27 turns around the best 8
+        config.search.grid_deg = 15.0
+        config.search.levels = 2
+        config.search.at_break = True  # and every row searched again at the breaking step
     return config

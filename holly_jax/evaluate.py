@@ -3,7 +3,8 @@
 ``evaluate(setup, state, workdir)`` writes ``WORKDIR/eval/``: ``metrics.json``
 (aligned Chamfer and Hausdorff distances, the truth's symmetry, rotation
 errors of the predicted poses in the cloud's frame and modulo that symmetry
-and any imposed group, held-out loss, the point group the learned cloud
+and any imposed group, for a run that searches also those of the held-out
+images posed by the global search against the learned cloud, held-out loss, the point group the learned cloud
 itself suggests with every candidate's score; docs/method.md §8),
 ``symmetry.png`` (those scores), ``poses.csv`` (every pose behind them; for real data every
 particle's or image's pose, keyed by its group id or file name), the
@@ -26,6 +27,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from holly_jax import (
+    compiler,
     data,
     faults,
     forward,
@@ -38,6 +40,7 @@ from holly_jax import (
     refine,
     render,
     rotations,
+    search,
     symmetry,
 )
 from holly_jax.atomic import write_atomic
@@ -87,6 +90,31 @@ _matrices_from_quaternion = jax.jit(jax.vmap(rotations.quaternion_to_matrix))
 _random_quaternions = jax.jit(jax.vmap(rotations.random_quaternion))
 # every leg's frames: quaternions a_L, b_L at fractions t_F -> L x F x 4
 _slerp_legs = jax.jit(jax.vmap(jax.vmap(rotations.slerp, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+
+
+def searched_poses(
+    setup: Setup, state: TrainState, images_BxHxW: np.ndarray, pred: forward.Prediction, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's pose from the global search (``config.search``) against the learned cloud, drawn at the
+    network's sigma, where it fits the image better than the network's pose ``pred`` (a refinement row
+    starts so): rotations, translations and losses."""
+    settings, size, mode = search.settings(setup.cfg), setup.ds.size, setup.cfg.train.normalise
+    fn = compiler.jit(lambda cloud, x, s: search.search(cloud, x, s, size, mode, settings))
+    cloud = forward.cloud(setup, jnp.asarray(state.params["points"]))
+    images, sigma_B = np.asarray(images_BxHxW, np.float32), np.asarray(pred.sigma_B, np.float32)
+
+    def chunk(start, stop):  # the last chunk padded with its last image: one compiled shape
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch - len(x), 0)])  # noqa: E731
+        found = fn(cloud, jnp.asarray(pad(images[start:stop])), jnp.asarray(pad(sigma_B[start:stop])))
+        return found.R_Bx3x3, found.t_Bx2, found.loss_B
+
+    R, t, loss_B = forward.batched(chunk, len(images), batch)
+    better = loss_B < pred.loss_B
+    return (
+        np.where(better[:, None, None], R, pred.pose.R_Bx3x3),
+        np.where(better[:, None], t, pred.pose.t_Bx2),
+        np.where(better, loss_B, pred.loss_B),
+    )
 
 
 def tour_rotations(seed: int, stops: int = 24, frames_per_leg: int = 6) -> np.ndarray:
@@ -307,6 +335,15 @@ def evaluate(
             errors = error.errors_deg
         R, t = file_frame(setup, idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2)
         table.add("heldout", idx, R, t, pred.sigma_B, pred.loss_B, R_true, errors)
+        if setup.cfg.search.use != "none":  # the held-out images posed against the learned cloud, as rows start
+            R, t, loss_B = searched_poses(setup, state, targets, pred)
+            errors = None
+            if R_true is not None:
+                error = poses.rotation_error(R_true, R, frame, group, setup.group)
+                results.update({f"heldout_searched_{k}": v for k, v in error.summary().items()})
+                errors = error.errors_deg
+            R, t = file_frame(setup, idx, R, t)
+            table.add("heldout_searched", idx, R, t, pred.sigma_B, loss_B, R_true, errors)
         results.update(
             {
                 "heldout_images": len(targets),

@@ -327,15 +327,31 @@ def seed_feature(points_Nx3: np.ndarray, grid_Vx3: np.ndarray, unexplained_V: np
     return points, moved, score
 
 
-def relabel_all(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineState, int]:
-    """Every row relabelled once (``relabel``), a batch at a time; returns the state and how many moved."""
+def _searched(setup: Setup, state: RefineState, R0_Bx3x3, gathered: dict, moments: tuple, targets_BxHxW):
+    """Gathered rows searched again (``search.search``) against the current cloud: a row whose image the
+    search's pose fits better than its own moves there and starts afresh (omega, Adam moments and count
+    zero), its sigma kept. Returns (moved_B, R0, rows, (mu, nu, count)) as ``_relabelled``."""
+    cloud, size, mode = forward.cloud(setup, state.points), setup.ds.size, setup.cfg.train.normalise
+    R = row_rotations(R0_Bx3x3, gathered["omega"])
+    own = loss.l1_per_image(render.render_poses(cloud, R, gathered["t"], gathered["sigma"], size), targets_BxHxW, mode)
+    found = search.search(cloud, targets_BxHxW, gathered["sigma"], size, mode, search.settings(setup.cfg))
+    moved = found.loss_B < own
+    afresh = lambda x: jnp.where(moved.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
+    R0 = jnp.where(moved[:, None, None], found.R_Bx3x3, R0_Bx3x3)
+    t = jnp.where(moved[:, None], found.t_Bx2, gathered["t"])
+    return moved, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
+
+
+def each_row(setup: Setup, ph: Phase, state: RefineState, change: Callable) -> tuple[RefineState, int]:
+    """Every row changed once by ``change`` (``_relabelled`` or ``_searched``), a batch at a time; returns the
+    state and how many rows moved."""
 
     @functools.partial(compiler.jit, donate_argnums=0, out_shardings=(setup.replicated(), setup.replicated()))
     def chunk(state, arrays, rows_B, batch, valid_B):
         targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
         gathered = jax.tree.map(lambda x: x[rows_B], state.rows)
         moments = tuple(jax.tree.map(lambda x: x[rows_B], m) for m in (state.mu, state.nu, state.count_M))
-        moved, R0, rows, (mu, nu, count) = _relabelled(setup, state, state.R0_Mx3x3[rows_B], gathered, moments, targets)
+        moved, R0, rows, (mu, nu, count) = change(setup, state, state.R0_Mx3x3[rows_B], gathered, moments, targets)
         rows_B = jnp.where(valid_B, rows_B, rows_B[0])  # padding repeats the chunk's first row, unchanged
         scatter = lambda full, part: full.at[rows_B].set(jnp.where(_bcast(valid_B, part), part, full[rows_B]))
         state = state.replace(
@@ -364,7 +380,8 @@ def break_symmetry(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineS
     The rows' unexplained intensity, back-projected, shows the feature (at each copy); points are moved to
     the strongest place (any copy will do: choosing one breaks the symmetry), the cloud's near-symmetries
     (found before the move) become the relabelling turns, and every row is relabelled against the new
-    cloud. Returns the state and a line saying what was done."""
+    cloud; with ``search.at_break``, every row is then searched again against it (``_searched``). Returns
+    the state and a line saying what was done."""
     cloud = forward.full_cloud(setup, state.points)
     turns = relabelling_turns(cloud)
     grid = _grid(cloud)
@@ -372,14 +389,18 @@ def break_symmetry(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineS
         np.asarray(state.points), grid, unexplained(setup, ph, state, grid), int(setup.cfg.seed)
     )
     state = state.replace(points=jnp.asarray(points, state.points.dtype), turns_Kx3x3=jnp.asarray(turns))
-    state, relabelled = relabel_all(setup, ph, setup.replicate(state))
+    state, relabelled = each_row(setup, ph, setup.replicate(state), _relabelled)
     found = int(np.sum(np.any(np.abs(turns - np.eye(3)) > 1e-6, axis=(1, 2))))
     placed = (
         f"{len(moved)} points moved to the strongest unexplained place (score {score:.0f})"
         if len(moved)
         else f"no unexplained place stands out (score {score:.1f} < {PEAK_SCORE:.0f})"
     )
-    return state, f"{found} near-symmetries of the learned cloud; {placed}; {relabelled} of {ph.rows} rows relabelled"
+    said = f"{found} near-symmetries of the learned cloud; {placed}; {relabelled} of {ph.rows} rows relabelled"
+    if setup.cfg.search.at_break:  # the cloud has improved since the rows started: look everywhere again
+        state, searched = each_row(setup, ph, state, _searched)
+        said += f"; {searched} took the global search's pose"
+    return state, said
 
 
 def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:

@@ -86,14 +86,31 @@ def local_turns(step_rad: float) -> np.ndarray:
     return _rotvec_to_matrix(offsets * step_rad).astype(np.float32)
 
 
-def centred(points_Nx3: jax.Array, R_Cx3x3: jax.Array, target_HxW: jax.Array, size: render.Size) -> jax.Array:
-    """Translations (C x 2) that put the cloud's drawn centroid at each rotation on the image's centroid."""
-    h, w = size
-    mass = jnp.maximum(jnp.sum(target_HxW), 1e-12)
-    cy = jnp.sum(target_HxW * jnp.arange(h)[:, None]) / mass
-    cx = jnp.sum(target_HxW * jnp.arange(w)[None, :]) / mass
+def _centroid(image_HxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An image's intensity centroid (row, column), in pixels."""
+    h, w = image_HxW.shape
+    mass = jnp.maximum(jnp.sum(image_HxW), 1e-12)
+    return jnp.sum(image_HxW * jnp.arange(h)[:, None]) / mass, jnp.sum(image_HxW * jnp.arange(w)[None, :]) / mass
+
+
+def _placed(points_Nx3: jax.Array, R_Cx3x3: jax.Array, cy, cx, size: render.Size) -> jax.Array:
+    """Translations (C x 2) that draw the cloud's centroid at pixel (cy, cx) at each rotation."""
+    h, _ = size
     px, py = jax.vmap(lambda R: render.project(jnp.mean(points_Nx3, 0)[None], R, jnp.zeros(2), size))(R_Cx3x3)
     return jnp.stack([4 * (cx - px[:, 0]) / h, -4 * (cy - py[:, 0]) / h], 1)
+
+
+def centred(points_Nx3: jax.Array, R_Cx3x3: jax.Array, target_HxW: jax.Array, size: render.Size) -> jax.Array:
+    """Translations (C x 2) that put the cloud's drawn centroid at each rotation on the image's centroid."""
+    return _placed(points_Nx3, R_Cx3x3, *_centroid(target_HxW), size)
+
+
+def _shifted(image_HxW: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
+    """The image moved by whole pixels (dy, dx), what moves in from outside zero."""
+    h, w = image_HxW.shape
+    rows, cols = jnp.arange(h) - dy, jnp.arange(w) - dx
+    inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    return jnp.where(inside, image_HxW[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)], 0.0)
 
 
 def _scores(points_Nx3, R_BxCx3x3, targets_BxHxW, sigma, size, mode):
@@ -118,23 +135,39 @@ def _best(loss_BxM, R_BxMx3x3, keep):
 def coarse(points_Nx3, grid_Gx3x3, targets_BxHxW, sigma, size, mode, keep: int, chunk: int):
     """The best ``keep`` grid rotations per image (losses B x keep, rotations B x keep x 3 x 3), the grid
     visited ``chunk`` rotations at a time; the last chunk ends at the grid's end, its rotations already
-    visited scored +inf. Nothing the size of the grid is made: memory does not grow with it."""
+    visited scored +inf. Nothing the size of the grid is made: memory does not grow with it.
+
+    The grid is the same for every image, so each chunk is drawn once for the whole batch: the cloud's
+    centroid at the image centre, at the batch's mean sigma, and every image moved by whole pixels to put
+    its own centroid there (within half a pixel of the centred translation the local levels use). The
+    kept candidates are then scored again exactly (``_scores``): the losses returned are the training
+    loss at each candidate's centred translation and the image's own sigma."""
     g, b = grid_Gx3x3.shape[0], targets_BxHxW.shape[0]
+    h, w = size
     chunk = min(chunk, g)
+    sigma_B = jnp.broadcast_to(jnp.asarray(sigma, targets_BxHxW.dtype), (b,))
+    cy_B, cx_B = jax.vmap(_centroid)(targets_BxHxW)
+    moved = jax.vmap(_shifted)(
+        targets_BxHxW, jnp.round(h / 2 - cy_B).astype(jnp.int32), jnp.round(w / 2 - cx_B).astype(jnp.int32)
+    )
+    moved = loss.normalise(moved, mode)
 
     def visit(carry, c):
         best_loss, best_R = carry
         start = jnp.minimum(c * chunk, g - chunk)
         R = jax.lax.dynamic_slice_in_dim(grid_Gx3x3, start, chunk)
-        here, _ = _scores(points_Nx3, jnp.broadcast_to(R, (b, chunk, 3, 3)), targets_BxHxW, sigma, size, mode)
+        t = _placed(points_Nx3, R, h / 2, w / 2, size)
+        drawn = loss.normalise(render.render_poses(points_Nx3, R, t, jnp.full((chunk,), jnp.mean(sigma_B)), size), mode)
+        here = jnp.sum(jnp.abs(moved[:, None] - drawn[None]), axis=(-2, -1))
         here = jnp.where((start + jnp.arange(chunk) >= c * chunk)[None], here, jnp.inf)
         both_loss = jnp.concatenate([best_loss, here], 1)
         both_R = jnp.concatenate([best_R, jnp.broadcast_to(R, (b, chunk, 3, 3))], 1)
         return _best(both_loss, both_R, keep), None
 
     start = (jnp.full((b, keep), jnp.inf, targets_BxHxW.dtype), jnp.broadcast_to(grid_Gx3x3[:1], (b, keep, 3, 3)))
-    (best_loss, best_R), _ = jax.lax.scan(visit, start, jnp.arange(-(-g // chunk)))
-    return best_loss, best_R
+    (_, best_R), _ = jax.lax.scan(visit, start, jnp.arange(-(-g // chunk)))
+    exact, _ = _scores(points_Nx3, best_R, targets_BxHxW, sigma_B, size, mode)
+    return _best(exact, best_R, keep)
 
 
 def local(points_Nx3, R_BxKx3x3, targets_BxHxW, sigma, size, mode, step_rad: float):

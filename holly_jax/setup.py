@@ -196,6 +196,13 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     for name, value, allowed in choices:
         if value not in allowed:
             raise InputError(None, f"config.{name}: unknown value {value!r}; expected one of {allowed}")
+    breaks = cfg.refine.relabel_every > 0 and str(cfg.model.symmetry).lower() == "c1" and not cfg.points.fixed
+    if cfg.search.at_break and not breaks:
+        raise InputError(
+            None,
+            "config.search.at_break searches at the symmetry-breaking step: it needs refine.relabel_every > 0, "
+            "learned points and no imposed model.symmetry",
+        )
     if cfg.train.epochs <= 0 and cfg.train.steps <= 0:
         raise InputError(None, "config.train.epochs or config.train.steps must be positive")
     data.sigmas(cfg)  # the sigma list (or file): finite positive numbers

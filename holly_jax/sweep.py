@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from holly_jax import input_pipeline, outputs, pipeline, refine, schedule, train
+from holly_jax import input_pipeline, outputs, pipeline, refine, schedule, train, workdirs
 from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
@@ -131,9 +131,10 @@ def variant_config(
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config as JSON reads it back, without ``train.report`` (the sweep evaluates on its own, whatever it
-    says; runs saved before it was ignored recorded False)."""
-    config = json.loads(json.dumps(config))
+    """A config as JSON reads it back, over today's defaults (a run saved before a field existed ran as its
+    default), without ``train.report`` (the sweep evaluates on its own, whatever it says; runs saved before
+    it was ignored recorded False)."""
+    config = json.loads(json.dumps(workdirs.with_defaults(config).to_dict()))
     config.get("train", {}).pop("report", None)
     return config
 

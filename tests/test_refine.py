@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 from test_fits_training import _fits_config, _images
 
 from configs import tiny
@@ -290,3 +291,37 @@ def test_breaking_finds_the_missing_knob_and_relabels_rows_onto_one_copy():
     # the rows gather on the copy the moved points chose (those that see the knob: it can hide behind a blade)
     assert np.bincount(copies, minlength=3).max() / ph.rows < 0.45  # they started spread over the copies
     assert np.bincount(turned.astype(int), minlength=3).max() / ph.rows > 0.6
+
+
+def test_searching_every_row_again_brings_far_rows_home_and_leaves_right_rows_alone():
+    # the true points, the asymmetric shape (one right pose): half the rows at their true poses with some Adam
+    # history, half at random rotations; a search pass (as at the symmetry-breaking step, search.at_break)
+    cfg = _config(**{"refine.relabel_every": 2, "search.at_break": True, "search.grid_deg": 20.0})
+    cfg.search.levels = 3
+    setup = create_setup(cfg)
+    ph = refine.phase(setup)
+    items = np.asarray(setup.ds.splits["train"][: ph.rows])
+    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    far = np.arange(ph.rows) % 2 == 1
+    R_start = np.where(far[:, None, None], Rotation.random(ph.rows, random_state=4).as_matrix(), R_true)
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
+    rstate = refine._fresh_state(
+        setup,
+        ph,
+        jnp.array(np.asarray(setup.ds.arrays.gt_Nx3)),
+        jnp.asarray(items),
+        jnp.asarray(R_start, jnp.float32),
+        jnp.asarray(t_true, jnp.float32),
+        jnp.full((ph.rows,), ph.sigma),
+        jnp.eye(3)[None],
+    )
+    rstate = rstate.replace(count_M=jnp.full((ph.rows,), 3), mu={**rstate.mu, "t": rstate.mu["t"] + 0.1})
+    assert np.median(_angle_deg(R_start[far], R_true[far])) > 60
+    after, moved = refine.each_row(setup, ph, rstate, refine._searched)
+    after = jax.device_get(after)
+    R = np.asarray(refine.rotations_of(after))
+    went = np.any(after.R0_Mx3x3 != R_start.astype(np.float32), axis=(1, 2))
+    assert moved == went.sum() and went[far].mean() > 0.9
+    assert _angle_deg(R, R_true).max() < 4.0  # all home, to the last level's step (2.5 degrees)
+    assert np.all(after.count_M[went] == 0) and np.all(after.mu["t"][went] == 0)  # moved rows start afresh
+    np.testing.assert_array_equal(after.count_M[~went], 3)  # the others as they were

@@ -66,6 +66,23 @@ def test_the_search_finds_the_pose_an_image_was_drawn_at(drawn):
     )
     np.testing.assert_allclose(np.asarray(again), np.asarray(fine.loss_B), rtol=1e-4)
     assert np.all(np.diff(np.asarray(fine.loss_BxK), axis=1) >= 0)
+    # the coarse level's answer too: its approximate scores (a shared drawing, whole-pixel moves) only rank
+    t_coarse = jax.vmap(lambda R, x: search.centred(points, R[None], x, SIZE)[0])(coarse.R_Bx3x3, images)
+    again = loss.l1_per_image(
+        render.render_poses(points, coarse.R_Bx3x3, t_coarse, jnp.full((4,), SIGMA), SIZE), images, "basic"
+    )
+    np.testing.assert_allclose(np.asarray(again), np.asarray(coarse.loss_B), rtol=1e-4)
+
+
+def test_the_coarse_level_keeps_the_grid_rotation_that_exact_scoring_ranks_first(drawn):
+    points, _, _, images = drawn
+    G = search.grid(30.0)
+    kept = search.coarse(points, jnp.asarray(G), images, SIGMA, SIZE, "basic", 8, 64)[1]
+    for image, kept_K in zip(images, np.asarray(kept)):  # every grid rotation drawn at the image's own centring
+        t = search.centred(points, jnp.asarray(G), image, SIZE)
+        drawn_G = render.render_poses(points, jnp.asarray(G), t, jnp.full((len(G),), SIGMA), SIZE)
+        best = G[int(np.argmin(loss.l1_per_image(drawn_G, image[None], "basic")))]
+        assert np.min(_angles_deg(kept_K, np.broadcast_to(best, kept_K.shape))) < 0.1  # the same one
 
 
 def test_chunks_change_nothing(drawn):
@@ -100,6 +117,7 @@ def test_memory_does_not_grow_with_the_grid():
         ("keep", 0, "search.keep"),
         ("chunk", 0, "search.chunk"),
         ("levels", -1, "search.levels"),
+        ("at_break", True, "needs refine.relabel_every > 0"),  # tiny's refinement does not break
     ],
 )
 def test_bad_settings_are_one_line_errors(field, value, problem):
@@ -132,3 +150,20 @@ def test_seeding_the_refinement_table_never_starts_a_row_worse(predict_sigma):
 
     before, after = start_loss(plain), start_loss(seeded)
     assert np.all(after <= before + 1e-4) and np.mean(after < before - 1e-3) > 0.5
+
+
+def test_held_out_images_posed_by_the_search_against_the_cloud():
+    # the true points in an untrained network's state: its poses are poor, the search's against the points good
+    cfg = tiny.get_config()
+    cfg.search.use, cfg.search.grid_deg, cfg.search.levels = "refine", 15.0, 3
+    setup = create_setup(cfg)
+    state = train.create_state(setup, np.asarray(setup.ds.arrays.gt_Nx3))
+    sigma = forward.final_sigma(setup)
+    targets, R_true, _ = evaluate.held_out(setup, sigma)
+    pred = forward.Predictor(setup, state)(targets, sigma)
+    R, t, loss_B = evaluate.searched_poses(setup, state, targets, pred, batch=5)  # 8 images: a padded chunk
+    drawn = render.render_poses(setup.ds.arrays.gt_Nx3, jnp.asarray(R), jnp.asarray(t), pred.sigma_B, SIZE)
+    np.testing.assert_allclose(loss.l1_per_image(drawn, targets, "basic"), loss_B, rtol=1e-4)  # as drawn
+    assert np.all(loss_B <= pred.loss_B)  # never worse than the network's pose
+    assert np.median(_angles_deg(np.asarray(pred.pose.R_Bx3x3), R_true)) > 30
+    assert np.median(_angles_deg(R, R_true)) < 3.0
