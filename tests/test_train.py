@@ -55,7 +55,7 @@ def _final_state(cfg, workdir):
 
 def test_training_loss_falls_at_constant_sigma(tmp_path):
     cfg = _config(**{"sigma.list": "3.0", "train.epochs": 6, "train.log_every": 8, "optim.plr": 2e-2})
-    pipeline.train_and_evaluate(cfg, tmp_path)
+    pipeline.fit(cfg, tmp_path)  # the training alone: the evaluation is tested elsewhere
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(8, 49, 8))
     first, last = records[0], records[-1]
@@ -95,7 +95,7 @@ def test_pose_only_mode_keeps_points_fixed(tmp_path):
 
 def test_predicted_sigma_is_used(tmp_path):
     cfg = _config(**{"model.predict_sigma": True, "train.epochs": 1})
-    pipeline.train_and_evaluate(cfg, tmp_path)
+    pipeline.fit(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["sigma_out"] != pytest.approx(records[-1]["sigma_in"])  # the network's own sigma
 
