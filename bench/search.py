@@ -111,11 +111,12 @@ def main() -> None:
         "candidates_per_s": candidates / run_s,
         "error_deg_max": float(np.degrees(np.arccos(np.clip(cos, -1, 1))).max()),
     }
-    # what one candidate costs in the renderer's floating-point work, against the matrix-product rate
-    flop = 2 * POINTS * SIZE[0] * SIZE[1] + 4 * POINTS * (SIZE[0] + SIZE[1])
-    results["full_search"]["share_of_matmul_rate"] = (
-        results["full_search"]["candidates_per_s"] * flop / 1e9 / results["matmul_gflops_float32"]
-    )
+    # the search's floating-point work against the matrix-product rate: the grid drawn once per batch and
+    # compared with every image (subtract, absolute value, add per pixel), the local candidates drawn one by one
+    draw = 2 * POINTS * SIZE[0] * SIZE[1] + 4 * POINTS * (SIZE[0] + SIZE[1])
+    local = args.batch * (settings.levels * settings.keep * 27 + settings.keep)
+    flop = (len(grid) + local) * draw + args.batch * len(grid) * 3 * SIZE[0] * SIZE[1]
+    results["full_search"]["share_of_matmul_rate"] = flop / run_s / 1e9 / results["matmul_gflops_float32"]
     print(json.dumps(results, indent=2))
     kind = results["device"].replace(" ", "_") if jax.default_backend() == "gpu" else "cpu"
     path = Path(args.json or Path(__file__).parent / f"results-search-{kind}.json")

@@ -1,4 +1,4 @@
-"""A CPU demo that recovers a bundled shape in about 7.5 minutes on our 2 cores (README, "Speed and scale").
+"""A CPU demo that recovers a bundled shape in about 7.5 to 8 minutes on our 2 cores (README, "Speed and scale").
 
     python launch.py --config=configs/quick.py --workdir=runs/quick
     python launch.py --config=configs/quick.py:single_head --workdir=runs/quick_single_head
