@@ -181,10 +181,16 @@ def _relabelled(setup: Setup, state: RefineState, R0_Bx3x3, gathered: dict, mome
         setup.ds.size,
         setup.cfg.train.normalise,
     )
-    moved = best > 0
-    afresh = lambda x: jnp.where(moved.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
-    R0 = jnp.where(moved[:, None, None], R, R0_Bx3x3)
-    return moved, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
+    return _restarted(best > 0, R, t, R0_Bx3x3, gathered, moments)
+
+
+def _restarted(moved_B, R_Bx3x3, t_Bx2, R0_Bx3x3, gathered: dict, moments: tuple):
+    """Rows that moved start afresh at (R, t): R0 = R, omega, Adam moments and count zero; the others as
+    they were. Returns (moved_B, R0, rows, (mu, nu, count))."""
+    afresh = lambda x: jnp.where(_bcast(moved_B, x), jnp.zeros_like(x), x)
+    R0 = jnp.where(moved_B[:, None, None], R_Bx3x3, R0_Bx3x3)
+    t = jnp.where(moved_B[:, None], t_Bx2, gathered["t"])
+    return moved_B, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
 
 
 def make_step(setup: Setup, ph: Phase) -> Callable:
@@ -335,11 +341,7 @@ def _searched(setup: Setup, state: RefineState, R0_Bx3x3, gathered: dict, moment
     R = row_rotations(R0_Bx3x3, gathered["omega"])
     own = loss.l1_per_image(render.render_poses(cloud, R, gathered["t"], gathered["sigma"], size), targets_BxHxW, mode)
     found = search.search(cloud, targets_BxHxW, gathered["sigma"], size, mode, search.settings(setup.cfg))
-    moved = found.loss_B < own
-    afresh = lambda x: jnp.where(moved.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
-    R0 = jnp.where(moved[:, None, None], found.R_Bx3x3, R0_Bx3x3)
-    t = jnp.where(moved[:, None], found.t_Bx2, gathered["t"])
-    return moved, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
+    return _restarted(found.loss_B < own, found.R_Bx3x3, found.t_Bx2, R0_Bx3x3, gathered, moments)
 
 
 def each_row(setup: Setup, ph: Phase, state: RefineState, change: Callable) -> tuple[RefineState, int]:

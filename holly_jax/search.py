@@ -151,13 +151,14 @@ def coarse(points_Nx3, grid_Gx3x3, targets_BxHxW, sigma, size, mode, keep: int, 
         targets_BxHxW, jnp.round(h / 2 - cy_B).astype(jnp.int32), jnp.round(w / 2 - cx_B).astype(jnp.int32)
     )
     moved = loss.normalise(moved, mode)
+    sigma_C = jnp.full((chunk,), jnp.mean(sigma_B))  # one drawing per chunk for the batch: one sigma
 
     def visit(carry, c):
         best_loss, best_R = carry
         start = jnp.minimum(c * chunk, g - chunk)
         R = jax.lax.dynamic_slice_in_dim(grid_Gx3x3, start, chunk)
         t = _placed(points_Nx3, R, h / 2, w / 2, size)
-        drawn = loss.normalise(render.render_poses(points_Nx3, R, t, jnp.full((chunk,), jnp.mean(sigma_B)), size), mode)
+        drawn = loss.normalise(render.render_poses(points_Nx3, R, t, sigma_C, size), mode)
         here = jnp.sum(jnp.abs(moved[:, None] - drawn[None]), axis=(-2, -1))
         here = jnp.where((start + jnp.arange(chunk) >= c * chunk)[None], here, jnp.inf)
         both_loss = jnp.concatenate([best_loss, here], 1)

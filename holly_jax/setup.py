@@ -196,7 +196,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     for name, value, allowed in choices:
         if value not in allowed:
             raise InputError(None, f"config.{name}: unknown value {value!r}; expected one of {allowed}")
-    breaks = cfg.refine.relabel_every > 0 and str(cfg.model.symmetry).lower() == "c1" and not cfg.points.fixed
+    breaks = cfg.refine.relabel_every > 0 and str(cfg.model.symmetry).strip().lower() == "c1" and not cfg.points.fixed
     if cfg.search.at_break and not breaks:
         raise InputError(
             None,

@@ -183,6 +183,25 @@ def test_the_propellers_near_symmetries_are_relabelling_turns():
     assert np.allclose(turns[-1], np.eye(3))  # padded with the identity
 
 
+def _true_rows(setup, ph):
+    """The first training items, their true rotations, and rows_at(R, turns): a fresh refinement state of the
+    true points with those rows at rotations R, their true translations and the phase's sigma."""
+    items = np.asarray(setup.ds.splits["train"][: ph.rows])
+    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
+    rows_at = lambda R, turns: refine._fresh_state(  # noqa: E731
+        setup,
+        ph,
+        jnp.array(np.asarray(setup.ds.arrays.gt_Nx3)),
+        jnp.asarray(items),
+        jnp.asarray(R, jnp.float32),
+        jnp.asarray(t_true, jnp.float32),
+        jnp.full((ph.rows,), ph.sigma),
+        jnp.asarray(turns, jnp.float32),
+    )
+    return items, R_true, rows_at
+
+
 def test_a_relabelling_step_moves_only_its_batch_and_starts_moved_rows_afresh():
     cfg = _config(**{"data.object": str(REPO / "objs" / "propeller_knob.obj"), "refine.relabel_every": 2})
     cfg.points.fixed = str(REPO / "objs" / "propeller_knob.ply")
@@ -191,19 +210,8 @@ def test_a_relabelling_step_moves_only_its_batch_and_starts_moved_rows_afresh():
     template = refine.initial_state_shape(setup, train.create_state(setup, train.initial_points(setup)), ph)
     assert template.turns_Kx3x3.shape == (refine.MAX_TURNS, 3, 3)
     turns = np.stack([_turn_z(120), _turn_z(240)] + [np.eye(3, dtype=np.float32)] * (refine.MAX_TURNS - 2))
-    items = np.asarray(setup.ds.splits["train"][: ph.rows])
-    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
-    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
-    rstate = refine._fresh_state(
-        setup,
-        ph,
-        jnp.array(np.asarray(setup.ds.arrays.gt_Nx3)),
-        jnp.asarray(items),
-        jnp.asarray(R_true),
-        jnp.asarray(t_true, jnp.float32),
-        jnp.full((ph.rows,), ph.sigma),
-        jnp.asarray(turns),
-    )
+    items, R_true, rows_at = _true_rows(setup, ph)
+    rstate = rows_at(R_true, turns)
     step = refine.make_step(setup, ph)
     batch = np.arange(16, 24)
     run = lambda state, rows: step(state, setup.ds.arrays, jnp.asarray(rows), jnp.asarray(items[rows]))
@@ -300,21 +308,10 @@ def test_searching_every_row_again_brings_far_rows_home_and_leaves_right_rows_al
     cfg.search.levels = 3
     setup = create_setup(cfg)
     ph = refine.phase(setup)
-    items = np.asarray(setup.ds.splits["train"][: ph.rows])
-    R_true = evaluate.true_rotations(setup, items).astype(np.float32)
+    _, R_true, rows_at = _true_rows(setup, ph)
     far = np.arange(ph.rows) % 2 == 1
     R_start = np.where(far[:, None, None], Rotation.random(ph.rows, random_state=4).as_matrix(), R_true)
-    t_true = np.asarray(setup.ds.arrays.table.translation_Mx2)[items]
-    rstate = refine._fresh_state(
-        setup,
-        ph,
-        jnp.array(np.asarray(setup.ds.arrays.gt_Nx3)),
-        jnp.asarray(items),
-        jnp.asarray(R_start, jnp.float32),
-        jnp.asarray(t_true, jnp.float32),
-        jnp.full((ph.rows,), ph.sigma),
-        jnp.eye(3)[None],
-    )
+    rstate = rows_at(R_start, np.eye(3)[None])
     rstate = rstate.replace(count_M=jnp.full((ph.rows,), 3), mu={**rstate.mu, "t": rstate.mu["t"] + 0.1})
     assert np.median(_angle_deg(R_start[far], R_true[far])) > 60
     after, moved = refine.each_row(setup, ph, rstate, refine._searched)
