@@ -61,7 +61,10 @@ refine   per-image pose refinement after training (auto-decoding):
          > 0: every that many steps, each row of the batch is also scored at
          its pose turned by each rotation that maps the learned cloud (as
          refinement starts) nearly onto itself, and moves to the best
-         (0: never, the default).
+         (0: never, the default). ``trim`` in [0, 1): that share of each
+         batch's rows, those with the highest loss, is left out of the
+         points' update (their poses still refine): rows on a wrong pose
+         then do not draw their copy into the cloud (0: none, the default).
 search   a global pose search (projection matching, holly_jax/search.py):
          ``use`` "refine" starts each refinement row from the better (lower
          loss) of the network's best hypothesis and the search's pose;
@@ -73,6 +76,9 @@ search   a global pose search (projection matching, holly_jax/search.py):
          row again at the refinement's symmetry-breaking step (it needs
          ``refine.relabel_every`` > 0), against the cloud refined so far;
          a row moves to the search's pose where that fits its image better.
+         ``again_at`` in (0, 1) searches every row once more at that
+         fraction of the refinement's steps, against the cloud refined by
+         then (0: never, the default).
 halves   gold-standard half-set runs (``launch.py --mode=halves``):
          ``half`` 1 or 2 trains on that half of the training items only (a
          seeded split; 0: all); ``voxel``: the FSC volumes' voxel size (nm
@@ -164,6 +170,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.refine.lr = 3e-3
     config.refine.plr = config_dict.placeholder(float)
     config.refine.relabel_every = 0
+    config.refine.trim = 0.0
 
     # Global pose search ("none": the original)
     config.search = ml_collections.ConfigDict()
@@ -173,6 +180,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.search.keep = 8
     config.search.chunk = 16
     config.search.at_break = False
+    config.search.again_at = 0.0
 
     # Half-set FSC
     config.halves = ml_collections.ConfigDict()

@@ -16,6 +16,7 @@ always meets the same image.
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -82,6 +83,8 @@ class Phase(NamedTuple):
     sigma: float
     relabel_every: int  # steps between relabellings (0: never)
     relabel_after: int  # relabellings come after this step (the symmetry-breaking one, if any)
+    search_again: int  # every row is searched again at this step (``search.again_at``; 0: never)
+    trim: float  # the share of each batch's highest-loss rows left out of the points' update
     lr: optax.Schedule  # pose rows
     plr: optax.Schedule  # points
 
@@ -107,6 +110,8 @@ def phase(setup: Setup) -> Phase:
         forward.final_sigma(setup),
         int(cfg.refine.relabel_every),
         _breaking_step(setup, steps) if int(cfg.refine.relabel_every) else 0,
+        max(1, int(steps * cfg.search.again_at)) if cfg.search.again_at > 0 else 0,
+        float(cfg.refine.trim),
         optim.decaying(cfg.refine.lr, steps, fraction),
         optim.decaying(plr, steps, fraction),
     )
@@ -193,6 +198,14 @@ def _restarted(moved_B, R_Bx3x3, t_Bx2, R0_Bx3x3, gathered: dict, moments: tuple
     return moved_B, R0, {**gathered, "omega": afresh(gathered["omega"]), "t": t}, jax.tree.map(afresh, moments)
 
 
+def trimmed(loss_B: jax.Array, trim: float) -> jax.Array:
+    """Weights 1 for the ``ceil((1 - trim) B)`` lowest losses of a batch, 0 for the rest (ties at the
+    threshold kept)."""
+    kept = max(1, math.ceil((1 - trim) * loss_B.shape[0]))
+    threshold = jnp.sort(loss_B)[kept - 1]
+    return (loss_B <= threshold).astype(loss_B.dtype)
+
+
 def make_step(setup: Setup, ph: Phase) -> Callable:
     """The jitted refinement step: (state, arrays, rows_B, batch) -> (state, metrics), where batch is what the
     training step takes for the rows' items (indices, or FITS images)."""
@@ -224,7 +237,26 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             )
             return jnp.sum(loss.l1_per_image(images, targets, mode))
 
-        total, (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.points, gathered)
+        def row_losses(points_B, rows):  # each row with its own copy of the points: per-row points gradients
+            images = jax.vmap(render.render, in_axes=(0, 0, 0, 0, None, None))(
+                jax.vmap(lambda p: forward.cloud(setup, p))(points_B),
+                row_rotations(R0, rows["omega"]),
+                rows["t"],
+                rows["sigma"],
+                None,
+                setup.ds.size,
+            )
+            per_row = loss.l1_per_image(images, targets, mode)
+            return jnp.sum(per_row), per_row
+
+        if ph.trim:  # the points learn from the batch's lowest-loss rows alone; every row's pose still moves
+            copies = jnp.broadcast_to(state.points, rows_B.shape + state.points.shape)
+            (total, per_row), (g_copies, g_rows) = jax.value_and_grad(row_losses, argnums=(0, 1), has_aux=True)(
+                copies, gathered
+            )
+            g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_copies)
+        else:
+            total, (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.points, gathered)
         if not learn_sigma:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
         updates, points_opt = tx.update(g_points, state.points_opt, state.points)
@@ -403,6 +435,20 @@ def break_symmetry(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineS
         state, searched = each_row(setup, ph, state, _searched)
         said += f"; {searched} took the global search's pose"
     return state, said
+
+
+def search_again(setup: Setup, ph: Phase, state: RefineState) -> tuple[RefineState, str]:
+    """Every row searched again (``_searched``) against the cloud refined so far (``search.again_at``): rows
+    left on a wrong copy of a near-symmetric cloud, which the cloud could not yet tell apart when they were
+    last searched, move where its feature now fits their images. Returns the state and a line saying so."""
+    state, searched = each_row(setup, ph, state, _searched)
+    return state, f"every row searched again: {searched} of {ph.rows} took the global search's pose"
+
+
+def _milestones(ph: Phase) -> list[tuple[int, Callable]]:
+    """The refinement's one-off passes over every row, by step (the breaking first at a shared step)."""
+    passes = [(ph.relabel_after, break_symmetry), (ph.search_again, search_again)]
+    return sorted(((at, action) for at, action in passes if at), key=lambda p: p[0])
 
 
 def initial_state(setup: Setup, state: TrainState, ph: Phase) -> RefineState:
@@ -593,11 +639,12 @@ def refine(
         save,
         rec.primary,
     )
-    if ph.relabel_after and start <= ph.relabel_after:  # a checkpoint at that step holds the state before it
-        rstate = run(rstate, start, ph.relabel_after)
-        rstate, said = break_symmetry(setup, ph, rstate)
-        rec.say(f"refine step {ph.relabel_after}: {said}")
-        start = ph.relabel_after
+    for at, action in _milestones(ph):  # a checkpoint at a milestone's step holds the state before it
+        if start <= at:
+            rstate = run(rstate, start, at)
+            rstate, said = action(setup, ph, rstate)
+            rec.say(f"refine step {at}: {said}")
+            start = at
     rstate = run(rstate, start, ph.steps)
     mngr.wait_until_finished()
     return rstate

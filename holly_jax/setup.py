@@ -149,10 +149,12 @@ BOUNDS: dict[str, Bounds] = {
     "refine.lr": _POSITIVE,
     "refine.plr": _POSITIVE._replace(optional=True),
     "refine.relabel_every": _SIZE,
+    "refine.trim": Bounds(0, 1, high_open=True),
     "search.grid_deg": Bounds(3, 90),  # 3 degrees: 550,000 rotations, 20 MB
     "search.levels": Bounds(0, 8, integer=True),
     "search.keep": Bounds(1, 256, integer=True),
     "search.chunk": _COUNT,
+    "search.again_at": Bounds(0, 1, high_open=True),
 }
 
 
@@ -203,6 +205,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             "config.search.at_break searches at the symmetry-breaking step: it needs refine.relabel_every > 0, "
             "learned points and no imposed model.symmetry",
         )
+    if cfg.search.again_at > 0 and cfg.refine.steps <= 0:
+        raise InputError(None, "config.search.again_at searches the refinement's rows: it needs refine.steps > 0")
     if cfg.train.epochs <= 0 and cfg.train.steps <= 0:
         raise InputError(None, "config.train.epochs or config.train.steps must be positive")
     data.sigmas(cfg)  # the sigma list (or file): finite positive numbers

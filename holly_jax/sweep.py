@@ -255,7 +255,8 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
     for comparisons at equal wall-clock time. With ``refine.relabel_every``, the refinement's steps are
     timed past its symmetry breaking (relabelling included) and the breaking's seconds are ``break_s``. With
     ``search.use="refine"``, ``search_s`` is what the global search adds to starting the refinement's
-    table (compiling included, as a run compiles it once)."""
+    table (compiling included, as a run compiles it once); with ``search.again_at``, ``again_s`` is the
+    seconds of the late search pass."""
     setup = create_setup(cfg)
     state = setup.replicate(train.create_state(setup, train.initial_points(setup)))
     fns = train.make_steps(setup)
@@ -292,6 +293,10 @@ def step_rates(cfg: ml_collections.ConfigDict, steps: int = 30) -> dict[str, flo
             rstate, _ = refine.break_symmetry(setup, ph, setup.replicate(rstate))
             rates["break_s"] = time.perf_counter() - start
             rstate = rstate.replace(step=jnp.int32(ph.relabel_after + 1))
+        if ph.search_again:  # the late search pass (compiled afresh, as a run does)
+            start = time.perf_counter()
+            rstate, _ = refine.search_again(setup, ph, setup.replicate(rstate))
+            rates["again_s"] = time.perf_counter() - start
         rows = np.arange(ph.batch_size, dtype=np.int32)
         args = [
             (

@@ -1,6 +1,7 @@
 """Per-image pose refinement: sparse per-row Adam, only the batch's rows move, poses converge, runs resume."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from scipy.spatial.transform import Rotation
 from test_fits_training import _fits_config, _images
 
 from configs import tiny
-from holly_jax import evaluate, pipeline, refine, rotations, train, workdirs
+from holly_jax import data, evaluate, loss, pipeline, refine, render, rotations, train, workdirs
 from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +99,43 @@ def test_a_step_changes_only_the_rows_of_its_batch():
     assert np.isfinite(float(metrics["train_loss"]))
 
 
+def test_trimming_leaves_the_highest_loss_rows_out_of_the_points_update_alone():
+    # refine.trim 0.5: the points' gradient is that of the batch's 4 lowest-loss rows (as a step on those
+    # rows alone makes it), while every row's pose moves as in an untrimmed step
+    setup, _, ph, rstate = _start(_config(**{"refine.trim": 0.5}))
+    plain_setup = create_setup(_config())
+    plain_ph = refine.phase(plain_setup)
+    items = np.asarray(rstate.items_M)
+    batch = np.asarray([3, 9, 11, 17, 21, 30, 31, 5])
+    sigma, step = jnp.float32(ph.sigma), jnp.int32(setup.total_steps)
+    targets = data.targets(setup.ds, setup.ds.arrays, jnp.asarray(items[batch]), sigma, step)
+    R = refine.rotations_of(rstate)[batch]
+    drawn = render.render_poses(rstate.points, R, rstate.rows["t"][batch], rstate.rows["sigma"][batch], setup.ds.size)
+    per_row = np.asarray(loss.l1_per_image(drawn, targets, setup.cfg.train.normalise))
+    assert len(np.unique(per_row)) == 8
+    kept = batch[np.argsort(per_row)[:4]]
+    np.testing.assert_array_equal(np.asarray(refine.trimmed(jnp.asarray(per_row), 0.5)), per_row <= np.sort(per_row)[3])
+
+    def stepped(setup, ph, rows):
+        state = jax.tree.map(jnp.array, rstate)  # a fresh copy: the step donates its input
+        return jax.device_get(refine.make_step(setup, ph)(state, setup.ds.arrays, jnp.asarray(rows), items[rows])[0])
+
+    cut, on_kept, whole = (
+        stepped(setup, ph, batch),
+        stepped(plain_setup, plain_ph, kept),
+        stepped(plain_setup, plain_ph, batch),
+    )
+    for x, y in zip(
+        jax.tree.leaves((cut.points, cut.points_opt)), jax.tree.leaves((on_kept.points, on_kept.points_opt))
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+    flat = lambda state: np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.points_opt)])  # noqa: E731
+    assert not np.allclose(flat(cut), flat(whole), rtol=1e-2)  # the whole batch's gradient differs
+    for field in ("omega", "t"):
+        np.testing.assert_allclose(cut.rows[field], whole.rows[field], rtol=1e-4, atol=1e-7)
+        assert np.all(np.any(cut.rows[field][batch] != rstate.rows[field][batch], axis=-1))
+
+
 def test_refinement_recovers_perturbed_poses_with_the_true_points():
     cfg = _config(**{"points.fixed": str(REPO / "objs" / "asymmetric.ply"), "refine.lr": 1e-2})
     setup, _, ph, rstate = _start(cfg)
@@ -125,17 +163,23 @@ def test_refinement_recovers_perturbed_poses_with_the_true_points():
     assert t_err.max() < 5e-3 and np.median(t_err) < 1e-3  # from 0.01 off
 
 
-def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path):
-    # with the symmetry breaking at refinement step 4 (a third of 12), relabelling every 2nd step after it
-    cfg = _config(**{"train.save_every": 4, "refine.relabel_every": 2})
-    quiet = _config(**{"train.save_every": 4, "train.report": False, "refine.relabel_every": 2})
+def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path, capsys):
+    # with the symmetry breaking at refinement step 4 (a third of 12), relabelling every 2nd step after it,
+    # and every row searched again at step 8 (search.again_at)
+    changes = {"train.save_every": 4, "refine.relabel_every": 2, "search.again_at": 0.7, "search.grid_deg": 30.0}
+    cfg, quiet = _config(**changes), _config(**changes, **{"train.report": False})
     pipeline.train_and_evaluate(quiet, tmp_path / "whole")
-    pipeline.train_and_evaluate(quiet, tmp_path / "cut")
+    moved = re.search(r"refine step 8: every row searched again: (\d+) of 32", capsys.readouterr().out)
+    assert moved and int(moved.group(1)) > 0  # the late search changed rows: a resume that skipped it would show
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    shutil.copytree(tmp_path / "whole", tmp_path / "late")
     for step in ("8", "12"):  # as if killed after refinement step 4: its checkpoint holds the state before
         shutil.rmtree(tmp_path / "cut" / "refine" / "checkpoints" / step)  # the breaking, which is redone
-    (tmp_path / "cut" / "final.ply").unlink()
-    pipeline.train_and_evaluate(cfg, tmp_path / "cut")
-    assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / "cut" / "final.ply").read_bytes()
+    shutil.rmtree(tmp_path / "late" / "refine" / "checkpoints" / "12")  # killed after step 8: the search redone
+    for name in ("cut", "late"):
+        (tmp_path / name / "final.ply").unlink()
+        pipeline.train_and_evaluate(quiet if name == "late" else cfg, tmp_path / name)
+        assert (tmp_path / "whole" / "final.ply").read_bytes() == (tmp_path / name / "final.ply").read_bytes()
     setup, state, _ = workdirs.load(tmp_path / "cut")
     a, b = refine.load(tmp_path / "whole", setup, state), refine.load(tmp_path / "cut", setup, state)
     assert int(a.step) == int(b.step) == 12

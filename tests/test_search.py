@@ -118,6 +118,9 @@ def test_memory_does_not_grow_with_the_grid():
         ("chunk", 0, "search.chunk"),
         ("levels", -1, "search.levels"),
         ("at_break", True, "needs refine.relabel_every > 0"),  # tiny's refinement does not break
+        ("again_at", 1.0, "search.again_at"),
+        ("again_at", -0.5, "search.again_at"),
+        ("again_at", 0.5, "needs refine.steps > 0"),  # tiny does not refine
     ],
 )
 def test_bad_settings_are_one_line_errors(field, value, problem):
