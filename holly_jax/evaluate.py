@@ -134,13 +134,14 @@ def item_names(setup: Setup) -> list[str] | None:
     return None
 
 
-def file_frame(setup: Setup, idx: np.ndarray, R_Bx3x3, t_Bx2) -> tuple[np.ndarray, np.ndarray]:
-    """Poses predicted from images of items ``idx`` (drawn at step 0) in the items' own frame: for
-    localisation particles, the in-plane turn they were drawn at undone (data.in_plane); else unchanged."""
+def file_frame(setup: Setup, idx: np.ndarray, R_Bx3x3, t_Bx2, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Poses found for images of items ``idx`` drawn at ``step`` (the evaluation's at 0, the refinement's at
+    the last training step) in the items' own frame: for localisation particles, the in-plane turn they
+    were drawn at undone (data.in_plane); else unchanged."""
     R_Bx3x3, t_Bx2 = np.asarray(R_Bx3x3, np.float64), np.asarray(t_Bx2, np.float64)
     if setup.ds.source != "locs":
         return R_Bx3x3, t_Bx2
-    turn = np.asarray(data.in_plane(setup.ds.arrays, jnp.asarray(idx), jnp.int32(0)), np.float64)
+    turn = np.asarray(data.in_plane(setup.ds.arrays, jnp.asarray(idx), jnp.int32(step)), np.float64)
     R = np.einsum("bji,bjk->bik", turn, R_Bx3x3)
     t = np.einsum("bji,bj->bi", turn[:, :2, :2], t_Bx2)
     return R, t
@@ -166,29 +167,53 @@ def pose_errors(
     frame: list[tuple[np.ndarray, bool]] | None,
     group_Gx3x3: np.ndarray,
     table: PoseTable,
-    refined: refine.RefineState | None = None,
+    rows: int | None = None,
     limit: int = 1000,
 ) -> dict[str, Any]:
-    """Rotation errors on the first ``limit`` training images (simulated data): the network's ("train_")
-    and, after refinement, the pose table's ("refined_"), on the same images; their rows go to ``table``."""
+    """Rotation errors of the network's poses ("train_") on the first ``limit`` training images (simulated
+    data; after refinement, as many as the table has ``rows``); their rows go to ``table``."""
     if setup.ds.source != "simulated":
         return {}
     idx = np.asarray(setup.ds.splits["train"][:limit])
-    if refined is not None:
-        idx = idx[: len(refined.items_M)]  # the table's rows are the first training images
+    if rows is not None:
+        idx = idx[:rows]  # the refinement table's rows are the first training images: the same images
     targets, R_true = images_of(setup, idx, sigma)
     pred = predictor(targets, sigma)
     error = poses.rotation_error(R_true, pred.pose.R_Bx3x3, frame, group_Gx3x3, setup.group)
     table.add("train", idx, pred.pose.R_Bx3x3, pred.pose.t_Bx2, pred.sigma_B, pred.loss_B, R_true, error.errors_deg)
     results = {"train_images": len(idx), **{f"train_{k}": v for k, v in error.summary().items()}}
-    if refined is not None:
-        R_table = np.asarray(refine.rotations_of(refined))[: len(idx)]
-        error = poses.rotation_error(R_true, R_table, frame, group_Gx3x3, setup.group)
-        rows = jax.device_get(refined.rows)
-        table.add(
-            "refined", idx, R_table, rows["t"][: len(idx)], rows["sigma"][: len(idx)], None, R_true, error.errors_deg
-        )
+    return results
+
+
+def refined_poses(
+    setup: Setup,
+    refined: refine.RefineState,
+    table: PoseTable,
+    frame: list[tuple[np.ndarray, bool]] | None,
+    group_Gx3x3: np.ndarray,
+) -> dict[str, Any]:
+    """The refinement table's rows in ``table`` (any data; localisation particles in the file's frame) with
+    each row's loss against its image, and the rows' loss median and poor-fit share
+    (``refine.poor_fit_share``); for simulated data also their rotation errors ("refined_") and how often
+    the poor-fit flag agrees with them (a row more than 10 degrees off)."""
+    loss_M = refine.row_losses(setup, refine.phase(setup), refined)
+    rows = jax.device_get(refined.rows)
+    items = np.asarray(refined.items_M)
+    R = np.asarray(refine.rotations_of(refined), np.float64)
+    results: dict[str, Any] = {
+        "refined_loss_median": float(np.median(loss_M)),
+        "refined_poor_fit_share": refine.poor_fit_share(loss_M),
+    }
+    R_true = errors = None
+    if setup.ds.source == "simulated":
+        R_true = true_rotations(setup, items)
+        error = poses.rotation_error(R_true, R, frame, group_Gx3x3, setup.group)
+        errors = error.errors_deg
+        poor = loss_M > refine.POOR_FIT * np.percentile(loss_M, 10)
         results.update({f"refined_{k}": v for k, v in error.summary().items()})
+        results["refined_poor_fit_agrees"] = float(np.mean(poor == (errors > 10.0)))
+    R, t = file_frame(setup, items, R, rows["t"], step=setup.total_steps)
+    table.add("refined", items, R, t, rows["sigma"], loss_M, R_true, errors)
     return results
 
 
@@ -364,7 +389,11 @@ def evaluate(
             out / "pairs.png", plots.pairs(targets[:k], pred.images_BxHxW[:k]), scale=plots.enlargement(setup.ds.size)
         )
 
-    results.update(pose_errors(setup, predictor, sigma, frame, group, table, refined))
+    results.update(
+        pose_errors(setup, predictor, sigma, frame, group, table, None if refined is None else len(refined.items_M))
+    )
+    if refined is not None:
+        results.update(refined_poses(setup, refined, table, frame, group))
     training_poses(setup, predictor, sigma, table)
     table.write(out / "poses.csv")
 

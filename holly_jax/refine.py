@@ -53,6 +53,7 @@ from holly_jax.train import TrainState
 SIGMA_FLOOR = 0.05  # pixels: a learned sigma is kept above this
 # Breaking a learned cloud's false symmetry (refine.relabel_every > 0, docs/method.md §6)
 BREAK_AT = 1 / 3  # of the refinement steps: where it happens
+POOR_FIT = 2.0  # a row fits poorly over this many times the 10th percentile of the rows' losses
 FEATURE_SHARE = 0.05  # of the learned points, moved to the strongest unexplained place
 VOXELS = 40  # the back-projection's grid, per side
 PEAK_SCORE = 8.0  # a place gets points when its unexplained intensity is this many robust deviations up
@@ -299,6 +300,31 @@ def _row_chunks(setup: Setup, ph: Phase, items_M: np.ndarray):
         rows = np.arange(i, i + b) % ph.rows
         batch = input_pipeline.host_batch(setup, items_M[rows], setup.total_steps)
         yield setup.split(rows.astype(np.int32)), setup.split(batch), setup.split(np.arange(i, i + b) < ph.rows)
+
+
+def row_losses(setup: Setup, ph: Phase, state: RefineState) -> np.ndarray:
+    """Each row's loss against its image at its pose and the current cloud, as the refinement scores it
+    (M,): rows on a wrong pose fit their images about twice as badly as right ones (``poor_fit_share``)."""
+
+    @compiler.jit
+    def chunk(state, arrays, rows_B, batch):
+        targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
+        R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
+        t, sigma = state.rows["t"][rows_B], state.rows["sigma"][rows_B]
+        images = render.render_poses(forward.cloud(setup, state.points), R, t, sigma, setup.ds.size)
+        return loss.l1_per_image(images, targets, setup.cfg.train.normalise)
+
+    parts = [
+        chunk(state, setup.ds.arrays, rows, batch)
+        for rows, batch, _ in _row_chunks(setup, ph, np.asarray(state.items_M))
+    ]
+    return np.concatenate([np.asarray(p) for p in parts])[: ph.rows]
+
+
+def poor_fit_share(loss_M: np.ndarray) -> float:
+    """The share of rows whose loss is over ``POOR_FIT`` times the 10th percentile of all rows' losses:
+    rows that likely sit on a wrong pose, found without a ground truth (docs/method.md §8)."""
+    return float(np.mean(loss_M > POOR_FIT * np.percentile(loss_M, 10)))
 
 
 def _grid(cloud_Nx3: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 import pytest
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
@@ -167,6 +168,7 @@ def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path, capsys)
     # with the symmetry breaking at refinement step 4 (a third of 12), relabelling every 2nd step after it,
     # and every row searched again at step 8 (search.again_at)
     changes = {"train.save_every": 4, "refine.relabel_every": 2, "search.again_at": 0.7, "search.grid_deg": 30.0}
+    changes.update({"search.levels": 1, "search.keep": 2})  # a small search: compiled in fewer seconds
     cfg, quiet = _config(**changes), _config(**changes, **{"train.report": False})
     pipeline.train_and_evaluate(quiet, tmp_path / "whole")
     moved = re.search(r"refine step 8: every row searched again: (\d+) of 32", capsys.readouterr().out)
@@ -205,6 +207,42 @@ def test_refinement_on_a_fits_folder(tmp_path):
     assert int(rstate.step) == 6 and rstate.rows["t"].shape == (10, 2)  # every training image has a row
     assert int(np.sum(np.asarray(rstate.count_M))) == 6 * 4
     np.testing.assert_array_equal(np.asarray(state.params["points"]), np.asarray(rstate.points))
+    # real data: the refined poses are in poses.csv, named by file, each with its loss, which drawing the
+    # refined points at the file's pose against the image gives again
+    table = pd.read_csv(tmp_path / "run" / "eval" / "poses.csv")
+    rows = table[table["split"] == "refined"]
+    names = evaluate.item_names(setup)
+    assert list(rows["item"]) == [names[i] for i in np.asarray(rstate.items_M)]
+    R = Rotation.from_quat(rows[["qx", "qy", "qz", "qw"]].to_numpy()).as_matrix()
+    ph = refine.phase(setup)
+    targets, _ = evaluate.images_of(setup, np.asarray(rstate.items_M), ph.sigma)
+    drawn = render.render_poses(
+        rstate.points,
+        jnp.asarray(R, jnp.float32),
+        rows[["tx", "ty"]].to_numpy(),
+        rows["sigma"].to_numpy(),
+        setup.ds.size,
+    )
+    again = np.asarray(loss.l1_per_image(drawn, jnp.asarray(targets), cfg.train.normalise))
+    np.testing.assert_allclose(rows["loss"].to_numpy(), again, rtol=1e-4)
+    results = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert results["refined_loss_median"] == pytest.approx(np.median(again), rel=1e-4)
+    assert 0 <= results["refined_poor_fit_share"] <= 1 and "refined_rotation_error_median_deg" not in results
+
+
+def test_rows_on_wrong_poses_fit_poorly_and_are_flagged_without_the_truth():
+    # the true points, half the rows at their true poses and half at random rotations: the far rows' loss is
+    # over twice the best tenth's, the right rows' under it (refine.poor_fit_share)
+    setup = create_setup(_config())
+    ph = refine.phase(setup)
+    _, R_true, rows_at = _true_rows(setup, ph)
+    far = np.arange(ph.rows) % 2 == 1
+    R_start = np.where(far[:, None, None], Rotation.random(ph.rows, random_state=5).as_matrix(), R_true)
+    loss_M = refine.row_losses(setup, ph, rows_at(R_start, np.eye(3)[None]))
+    poor = loss_M > refine.POOR_FIT * np.percentile(loss_M, 10)
+    assert np.mean(poor == (_angle_deg(R_start, R_true) > 10)) > 0.9
+    assert refine.poor_fit_share(loss_M) == pytest.approx(np.mean(poor))
+    assert abs(refine.poor_fit_share(loss_M) - 0.5) < 0.1
 
 
 def _turn_z(degrees):
