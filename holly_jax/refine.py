@@ -238,7 +238,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             )
             return jnp.sum(loss.l1_per_image(images, targets, mode))
 
-        def row_losses(points_B, rows):  # each row with its own copy of the points: per-row points gradients
+        def each_loss(points_B, rows):  # each row with its own copy of the points: per-row points gradients
             images = jax.vmap(render.render, in_axes=(0, 0, 0, 0, None, None))(
                 jax.vmap(lambda p: forward.cloud(setup, p))(points_B),
                 row_rotations(R0, rows["omega"]),
@@ -252,7 +252,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
 
         if ph.trim:  # the points learn from the batch's lowest-loss rows alone; every row's pose still moves
             copies = jnp.broadcast_to(state.points, rows_B.shape + state.points.shape)
-            (total, per_row), (g_copies, g_rows) = jax.value_and_grad(row_losses, argnums=(0, 1), has_aux=True)(
+            (total, per_row), (g_copies, g_rows) = jax.value_and_grad(each_loss, argnums=(0, 1), has_aux=True)(
                 copies, gathered
             )
             g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_copies)
