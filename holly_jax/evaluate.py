@@ -209,9 +209,8 @@ def refined_poses(
         R_true = true_rotations(setup, items)
         error = poses.rotation_error(R_true, R, frame, group_Gx3x3, setup.group)
         errors = error.errors_deg
-        poor = loss_M > refine.POOR_FIT * np.percentile(loss_M, 10)
         results.update({f"refined_{k}": v for k, v in error.summary().items()})
-        results["refined_poor_fit_agrees"] = float(np.mean(poor == (errors > 10.0)))
+        results["refined_poor_fit_agrees"] = float(np.mean(refine.poor_fits(loss_M) == (errors > 10.0)))
     R, t = file_frame(setup, items, R, rows["t"], step=setup.total_steps)
     table.add("refined", items, R, t, rows["sigma"], loss_M, R_true, errors)
     return results

@@ -232,32 +232,22 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             )
         mu_B, nu_B, count_B = moments
 
-        def loss_fn(points, rows):
-            images = render.render_poses(
-                forward.cloud(setup, points), row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"], setup.ds.size
-            )
-            return jnp.sum(loss.l1_per_image(images, targets, mode))
+        copies = 0 if ph.trim else None  # trimmed: each row draws its own copy of the points (its own gradient)
 
-        def each_loss(points_B, rows):  # each row with its own copy of the points: per-row points gradients
-            images = jax.vmap(render.render, in_axes=(0, 0, 0, 0, None, None))(
-                jax.vmap(lambda p: forward.cloud(setup, p))(points_B),
-                row_rotations(R0, rows["omega"]),
-                rows["t"],
-                rows["sigma"],
-                None,
-                setup.ds.size,
+        def loss_fn(points, rows):
+            clouds = jax.vmap(lambda p: forward.cloud(setup, p))(points) if ph.trim else forward.cloud(setup, points)
+            images = jax.vmap(render.render, in_axes=(copies, 0, 0, 0, None, None))(
+                clouds, row_rotations(R0, rows["omega"]), rows["t"], rows["sigma"], None, setup.ds.size
             )
             per_row = loss.l1_per_image(images, targets, mode)
             return jnp.sum(per_row), per_row
 
+        points = jnp.broadcast_to(state.points, rows_B.shape + state.points.shape) if ph.trim else state.points
+        (total, per_row), (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            points, gathered
+        )
         if ph.trim:  # the points learn from the batch's lowest-loss rows alone; every row's pose still moves
-            copies = jnp.broadcast_to(state.points, rows_B.shape + state.points.shape)
-            (total, per_row), (g_copies, g_rows) = jax.value_and_grad(each_loss, argnums=(0, 1), has_aux=True)(
-                copies, gathered
-            )
-            g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_copies)
-        else:
-            total, (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.points, gathered)
+            g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_points)
         if not learn_sigma:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
         updates, points_opt = tx.update(g_points, state.points_opt, state.points)
@@ -321,10 +311,15 @@ def row_losses(setup: Setup, ph: Phase, state: RefineState) -> np.ndarray:
     return np.concatenate([np.asarray(p) for p in parts])[: ph.rows]
 
 
+def poor_fits(loss_M: np.ndarray) -> np.ndarray:
+    """Rows whose loss is over ``POOR_FIT`` times the 10th percentile of all rows' losses: rows that likely
+    sit on a wrong pose, found without a ground truth (docs/method.md §8)."""
+    return loss_M > POOR_FIT * np.percentile(loss_M, 10)
+
+
 def poor_fit_share(loss_M: np.ndarray) -> float:
-    """The share of rows whose loss is over ``POOR_FIT`` times the 10th percentile of all rows' losses:
-    rows that likely sit on a wrong pose, found without a ground truth (docs/method.md §8)."""
-    return float(np.mean(loss_M > POOR_FIT * np.percentile(loss_M, 10)))
+    """The share of rows that fit poorly (``poor_fits``)."""
+    return float(np.mean(poor_fits(loss_M)))
 
 
 def _grid(cloud_Nx3: np.ndarray) -> np.ndarray:
