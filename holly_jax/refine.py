@@ -292,17 +292,22 @@ def _row_chunks(setup: Setup, ph: Phase, items_M: np.ndarray):
         yield setup.split(rows.astype(np.int32)), setup.split(batch), setup.split(np.arange(i, i + b) < ph.rows)
 
 
+def _rows_drawn(setup: Setup, ph: Phase, state: RefineState, arrays, rows_B, batch):
+    """Traced: a chunk of rows' target images and the cloud drawn at their poses, with the poses' R and t."""
+    targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
+    R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
+    t, sigma = state.rows["t"][rows_B], state.rows["sigma"][rows_B]
+    return targets, render.render_poses(forward.cloud(setup, state.points), R, t, sigma, setup.ds.size), R, t
+
+
 def row_losses(setup: Setup, ph: Phase, state: RefineState) -> np.ndarray:
     """Each row's loss against its image at its pose and the current cloud, as the refinement scores it
     (M,): rows on a wrong pose fit their images about twice as badly as right ones (``poor_fit_share``)."""
 
     @compiler.jit
     def chunk(state, arrays, rows_B, batch):
-        targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
-        R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
-        t, sigma = state.rows["t"][rows_B], state.rows["sigma"][rows_B]
-        images = render.render_poses(forward.cloud(setup, state.points), R, t, sigma, setup.ds.size)
-        return loss.l1_per_image(images, targets, setup.cfg.train.normalise)
+        targets, drawn, _, _ = _rows_drawn(setup, ph, state, arrays, rows_B, batch)
+        return loss.l1_per_image(drawn, targets, setup.cfg.train.normalise)
 
     parts = [
         chunk(state, setup.ds.arrays, rows, batch)
@@ -339,10 +344,7 @@ def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarra
 
     @functools.partial(compiler.jit, out_shardings=setup.replicated())
     def chunk(state, arrays, rows_B, batch, valid_B, grid_Vx3):
-        targets = data.targets(setup.ds, arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
-        R = row_rotations(state.R0_Mx3x3[rows_B], state.rows["omega"][rows_B])
-        t, sigma = state.rows["t"][rows_B], state.rows["sigma"][rows_B]
-        drawn = render.render_poses(forward.cloud(setup, state.points), R, t, sigma, size)
+        targets, drawn, R, t = _rows_drawn(setup, ph, state, arrays, rows_B, batch)
         left = jnp.maximum(loss.normalise(targets, mode) - loss.normalise(drawn, mode), 0.0)
 
         def one(R, t, left_HxW):
