@@ -35,6 +35,7 @@ from bench import machine  # noqa: E402
 from bench import render as render_bench  # noqa: E402
 from configs import default  # noqa: E402
 from holly_jax import compiler, input_pipeline, simulate, train  # noqa: E402
+from holly_jax.atomic import write_atomic  # noqa: E402
 from holly_jax.setup import Setup, create_setup  # noqa: E402
 
 CNN_GFLOP_PER_IMAGE = 0.68  # forward + backward at 128x128 (docs/method.md §2)
@@ -138,6 +139,14 @@ def main() -> None:
     steps = 5 if args.quick else 30
     gpu = jax.default_backend() == "gpu"
     dev = jax.devices()[0]
+    path = Path(args.json or Path(__file__).parent / f"results-{dev.device_kind.replace(' ', '_')}.json")
+
+    began = time.perf_counter()
+
+    def save(part: str) -> None:  # after each part, so that a run cut short keeps what it measured
+        write_atomic(path, (json.dumps(results, indent=2) + "\n").encode())
+        print(f"{part} measured ({time.perf_counter() - began:.0f} s)", flush=True)
+
     results: dict = {
         "device": dev.device_kind,
         "backend": jax.default_backend(),
@@ -148,8 +157,6 @@ def main() -> None:
         "machine": machine.cpu(),
         "matmul_gflops_float32": machine.matmul_gflops(),
     }
-
-    results["renderer"] = render_bench.measure(size=128, points=230, batch=20, seconds=0.5 if args.quick else 2.0)
 
     results["training"] = {}
     for batch in (20, 32, 256, 1024) if gpu else (20, 32):
@@ -163,6 +170,12 @@ def main() -> None:
         )
         figures["peak_tflops"], figures["peak_source"] = peak, source
         results["training"][f"batch_{batch}"] = figures
+        save(f"training at batch {batch}")
+
+    results["renderer"] = render_bench.measure(
+        size=128, points=230, batch=20, seconds=0.5 if args.quick else 2.0, dense_backward=not gpu
+    )
+    save("renderer")
 
     batch = 256 if gpu else 20
     setup = training_setup(128, 230, batch)
@@ -186,8 +199,7 @@ def main() -> None:
     results["peak_device_memory_mb"] = (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None
 
     print(json.dumps(results, indent=2))
-    path = Path(args.json or Path(__file__).parent / f"results-{dev.device_kind.replace(' ', '_')}.json")
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    save("optimisation ratios")
     print(f"wrote {path}")
 
 

@@ -5,7 +5,9 @@
 
 The teapot OBJ is the original HOLLy's objs/teapot_large.obj (not shipped
 here). The original took about 4 hours on one GTX 2080 Ti; on a CPU this is
-days, so use a GPU.
+days, so use a GPU: on one H200 it ran in 119 s end to end with
+--config.train.batch_size=250 (README, "Speed and scale"); the original's
+batch 20 runs at about 8,500 images/s there.
 """
 
 from configs import default

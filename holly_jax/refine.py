@@ -268,7 +268,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         metrics = {
             "train_loss": total / rows_B.shape[0],
             "sigma_out": jnp.mean(new["sigma"]),
-            "grad_norm": optax.global_norm((g_points, g_rows)),
+            "grad_norm": optax.tree.norm((g_points, g_rows)),
             "relabelled": jnp.mean(moved_B.astype(jnp.float32)),
         }
         return state, metrics

@@ -102,7 +102,7 @@ def make_steps(setup: Setup) -> Steps:
             "train_loss": total / b,
             "sigma_in": sigma_in,
             "sigma_out": jnp.mean(sigma_out),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr_scale": state.adapt.scale,
         }
         if setup.net.num_heads > 1:  # how often each head wins
