@@ -21,9 +21,12 @@ PER_PROCESS = ["--config=configs/tiny.py", "--config.train.batch_size=8", "--con
 SAVE = ["--config.train.save_every=4", "--config.train.report=false"]
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HOLLY_KILL_AT", "HOLLY_RAISE_AT")}
-    return {**env, "JAX_PLATFORMS": "cpu", **extra}
+def _env(devices: int = 1, **extra):
+    """The environment of a launch: ``devices`` CPU devices, no fault injection, the tests' other XLA flags."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOLLY_KILL_AT", "HOLLY_RAISE_AT")}
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    flags += [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
+    return {**env, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", **extra}
 
 
 def _port() -> int:
@@ -76,7 +79,7 @@ def test_two_processes_killed_and_resumed_end_as_one_process_with_their_devices(
     ref = subprocess.run(
         [sys.executable, "launch.py", f"--workdir={one}", *PER_PROCESS, *SAVE, "--config.train.batch_size=16"],
         cwd=REPO,
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        env=_env(devices=2),
         capture_output=True,
         text=True,
     )

@@ -10,9 +10,16 @@ from holly_jax import model
 
 
 def _init(h, w, **kw):
+    """The network and its variables, initialised in one compiled program (eagerly, each layer's operations
+    would compile one by one)."""
     net = model.HollyNet(**kw)
-    variables = net.init(jax.random.key(0), jnp.zeros((2, h, w)), train=False)
+    variables = jax.jit(net.init, static_argnames="train")(jax.random.key(0), jnp.zeros((2, h, w)), train=False)
     return net, variables
+
+
+def _apply(net, variables, x, **kw):
+    """``net.apply`` compiled, its keyword arguments static."""
+    return jax.jit(lambda v, x: net.apply(v, x, **kw))(variables, x)
 
 
 def _expected_param_count(h, w, n_out):
@@ -26,8 +33,8 @@ def _expected_param_count(h, w, n_out):
 
 
 def test_flatten_size_and_parameter_count_at_128():
-    _, variables = _init(128, 128)
-    params = variables["params"]
+    net = model.HollyNet()
+    params = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((2, 128, 128)), train=False))["params"]
     assert params["fc1"]["kernel"].shape == (6400, 256)  # 5 * 5 * 256
     n = sum(x.size for x in jax.tree.leaves(params))
     assert n == _expected_param_count(128, 128, 6)
@@ -39,7 +46,7 @@ def test_any_input_size(h, w):
     net, variables = _init(h, w, predict_sigma=False)
     fc1 = variables["params"]["fc1"]["kernel"]
     assert fc1.shape[0] == model.spatial_size(h) * model.spatial_size(w) * 256
-    pose = net.apply(variables, jnp.ones((3, h, w)), train=False)
+    pose = _apply(net, variables, jnp.ones((3, h, w)), train=False)
     assert pose.R_Bx3x3.shape == (3, 3, 3) and pose.t_Bx2.shape == (3, 2) and pose.sigma_B is None
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) == _expected_param_count(h, w, 5)
 
@@ -58,7 +65,7 @@ def test_sixd_head_gives_rotations():
     net, variables = _init(32, 32, rotation="6d")
     assert variables["params"]["fc2"]["kernel"].shape[1] == 6 + 2 + 1
     x = jax.random.uniform(jax.random.key(1), (4, 32, 32))
-    R = np.asarray(net.apply(variables, x, train=False).R_Bx3x3)
+    R = np.asarray(_apply(net, variables, x, train=False).R_Bx3x3)
     np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
     np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-5)
 
@@ -66,22 +73,24 @@ def test_sixd_head_gives_rotations():
 def test_batchnorm_statistics_update_only_in_training():
     net, variables = _init(32, 32)
     x = 5.0 + jax.random.normal(jax.random.key(2), (4, 32, 32))
-    _, state = net.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+    _, state = _apply(
+        net, variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    )
     conv1_out = np.asarray(state["intermediates"]["conv1"]["__call__"][0])
     before = np.asarray(variables["batch_stats"]["conv1_bn"]["mean"])
     after = np.asarray(state["batch_stats"]["conv1_bn"]["mean"])
     # PyTorch momentum 0.1: the running mean moves 10% of the way to the batch mean
     np.testing.assert_allclose(after, 0.9 * before + 0.1 * conv1_out.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
-    _, frozen = net.apply(variables, x, train=False, mutable=["batch_stats"])
+    _, frozen = _apply(net, variables, x, train=False, mutable=["batch_stats"])
     np.testing.assert_array_equal(np.asarray(frozen["batch_stats"]["conv1_bn"]["mean"]), before)
 
 
 def test_bfloat16_option_runs_convolutions_in_bfloat16_and_heads_in_float32():
     net = model.HollyNet(dtype=jnp.bfloat16)
     x = jax.random.uniform(jax.random.key(3), (2, 32, 32))
-    variables = net.init(jax.random.key(0), x, train=False)
+    variables = jax.jit(net.init, static_argnames="train")(jax.random.key(0), x, train=False)
     assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32  # parameters stay float32
-    pose, state = net.apply(variables, x, train=False, mutable=["intermediates"], capture_intermediates=True)
+    pose, state = _apply(net, variables, x, train=False, mutable=["intermediates"], capture_intermediates=True)
     assert state["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
     assert pose.R_Bx3x3.dtype == jnp.float32 and pose.t_Bx2.dtype == jnp.float32
 

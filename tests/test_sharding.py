@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_eight_devices_match_one_device():
+    # XLA's default optimisation (not the tests' level 0, conftest.py): the tolerances below are its rounding
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run(
         [sys.executable, str(HERE / "sharded_check.py")], capture_output=True, text=True, env=env, timeout=600
