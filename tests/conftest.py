@@ -5,8 +5,9 @@ Many tests (and the subprocesses and notebook kernels they start) compile the
 same small programs; a persistent XLA cache, fresh for each pytest session and
 removed at its end, compiles each once. Most of the suite's time is XLA
 compiling programs it then runs for a few steps, so XLA's backend optimises at
-level 0 (LLVM's cheapest): a tiny run's CPU time 39 -> 31 s, the suite's wall
-clock 953 -> 847 s in one run each. Results do not depend on the cache; at
+level 0 (LLVM's cheapest): a cold tiny run's CPU time 39 -> 31 s (the whole
+suite's wall clock moved 847 to 990 s between runs on one machine, too noisy to
+show it). Results do not depend on the cache; at
 level 0 they agree with the default's to float32 rounding (unvectorised sums add
 in another order), and the eight-device test, whose tolerances are the
 default's rounding, runs at the default level.

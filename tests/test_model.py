@@ -86,9 +86,8 @@ def test_batchnorm_statistics_update_only_in_training():
 
 
 def test_bfloat16_option_runs_convolutions_in_bfloat16_and_heads_in_float32():
-    net = model.HollyNet(dtype=jnp.bfloat16)
+    net, variables = _init(32, 32, dtype=jnp.bfloat16)
     x = jax.random.uniform(jax.random.key(3), (2, 32, 32))
-    variables = jax.jit(net.init, static_argnames="train")(jax.random.key(0), x, train=False)
     assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32  # parameters stay float32
     pose, state = _apply(net, variables, x, train=False, mutable=["intermediates"], capture_intermediates=True)
     assert state["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
