@@ -27,7 +27,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from astropy.io import fits as astropy_fits
 
 from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
@@ -37,6 +36,8 @@ SUFFIXES = (".fits", ".fit", ".fts")
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """One image as float32 H x W; any problem with the file is a one-line InputError."""
+    from astropy.io import fits as astropy_fits  # imported by the two functions that use it: launches start sooner
+
     if not os.path.exists(path):
         raise InputError(path, "file not found")
     try:
@@ -61,6 +62,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, image_HxW: np.ndarray, header: dict | None = None) -> None:
     """An image as a big-endian float32 FITS file (rows flipped back), written atomically."""
+    from astropy.io import fits as astropy_fits
+
     data = np.ascontiguousarray(np.asarray(image_HxW, np.float32)[::-1]).astype(">f4")
     hdu = astropy_fits.PrimaryHDU(data)
     for key, value in (header or {}).items():

@@ -29,13 +29,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from holly_jax.atomic import write_atomic
 from holly_jax.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_PARTICLE_NM = 1000.0  # a file with no group column spanning more than this holds several particles
 _UNITS = {"nm": 1.0, "um": 1000.0, "µm": 1000.0}  # ThunderSTORM coordinate units we convert
@@ -180,6 +182,8 @@ def from_locan(path: Path, frame: pd.DataFrame) -> dict:
 
 
 def read_thunderstorm(path: Path) -> dict:
+    import pandas as pd  # imported by the readers that use it: every launch starts sooner
+
     try:
         header = [c.strip() for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
@@ -235,6 +239,8 @@ THUNDERSTORM_COLUMNS = [
 
 def write_thunderstorm(path: str | os.PathLike, locs: Localisations) -> None:
     """A ThunderSTORM CSV with every column Picasso's ``import_ts`` requires (unknown background: 0)."""
+    import pandas as pd
+
     n = len(locs.x_nm)
     df = pd.DataFrame(
         {
@@ -297,6 +303,8 @@ def read_picasso(path: Path) -> dict:
 
 def _read_pandas_locs(path: Path) -> dict:
     """A ``locs`` table written by pandas ``to_hdf`` (PyTables layout)."""
+    import pandas as pd
+
     try:
         df = pd.read_hdf(path, key="locs")
     except (ImportError, ValueError, TypeError, KeyError, OSError) as e:

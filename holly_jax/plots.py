@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from holly_jax.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike
 
@@ -89,6 +90,10 @@ def save_gif(path: PathLike, frames: Sequence[np.ndarray], seconds_per_frame: fl
 
 
 def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    # imported when a figure is drawn: a launch that draws nothing (bad input, infer) starts sooner
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, cols)

@@ -9,8 +9,7 @@ level 0 (LLVM's cheapest): a cold tiny run's CPU time 39 -> 31 s (the whole
 suite's wall clock moved 847 to 990 s between runs on one machine, too noisy to
 show it). Results do not depend on the cache; at
 level 0 they agree with the default's to float32 rounding (unvectorised sums add
-in another order), and the eight-device test, whose tolerances are the
-default's rounding, runs at the default level.
+in another order).
 """
 
 import os

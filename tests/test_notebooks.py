@@ -35,15 +35,20 @@ def test_notebook_executes_at_tiny_scale(path, tmp_path):
 
 
 def test_sweep_runs_reads_back_and_tabulates(tmp_path):
-    variants = {
+    variants = {  # b has a's shapes (its programs come from the compilation cache), not its seed or sigmas
         "a": {"points.num": 30},
-        "b": {"points.num": 40, "sigma.list": "2.0"},
+        "b": {"points.num": 30, "sigma.list": "2.0,2.0", "seed": 7},
         "c": {"points.num": 30, "refine.steps": 4, "refine.relabel_every": 2},  # a, then a refinement
     }
     frame = sweep.train_variants("configs/tiny.py", variants, tmp_path, scale="tiny", quiet=True)
-    assert list(frame.index) == ["a", "b", "c"] and list(frame["points.num"]) == [30, 40, 30]
+    assert list(frame.index) == ["a", "b", "c"] and frame.loc["b", "seed"] == 7
     assert frame.loc["b", "final_sigma_in"] == pytest.approx(2.0)
-    assert (frame["points"] == frame["points.num"]).all()  # the evaluation saw each variant's own cloud
+    assert frame.loc["a", "final_sigma_in"] != pytest.approx(2.0)  # a's own schedule, 3 -> 1.5
+    assert (frame["points"] == frame["points.num"]).all()
+    for name in "ab":  # the evaluation saw each variant's own cloud
+        saved = json.loads((tmp_path / name / "eval" / "metrics.json").read_text())
+        assert frame.loc[name, "chamfer"] == pytest.approx(saved["chamfer"])
+    assert frame.loc["a", "chamfer"] != frame.loc["b", "chamfer"]
     for column in ("chamfer", "rotation_error_median_deg", "train_s", "final_test_loss"):
         assert frame[column].notna().all(), column
     # c differs from a only after training: it started from a's training and only refined
