@@ -1,4 +1,5 @@
-"""Evaluation, inference and render modes on one tiny trained run."""
+"""One tiny trained run: its outputs, pictures, evaluation and report, and the evaluate, infer and render
+modes on it."""
 
 import csv
 import json
@@ -67,6 +68,30 @@ def test_training_writes_pictures_report_and_evaluation(run_dir):
     for rel in ("pictures/curves.png", "eval/cloud.png", "eval/animation.gif", "chamfer"):
         assert rel in report
     assert "tb" in os.listdir(run_dir) and list((run_dir / "tb").glob("events.*"))
+
+
+def test_training_outputs_exist_and_parse(run_dir):
+    _, state, _ = workdirs.load(run_dir)
+    learned = np.asarray(state.params["points"])
+    assert int(state.step) == 32
+    for name in ("initial.ply", "initial.obj", "final.ply", "final.obj"):
+        assert pointfile.read_points(run_dir / name).shape == (60, 3)
+    np.testing.assert_allclose(pointfile.read_points(run_dir / "final.ply"), learned, atol=1e-5)
+    assert not np.allclose(pointfile.read_points(run_dir / "initial.ply"), learned, atol=1e-3)  # points moved
+    # save_every 16 with 8 steps per epoch: steps 16 (epoch 1) and 32 (epoch 3)
+    assert sorted(p.name for p in (run_dir / "plys").iterdir()) == ["shape_e1_s16.ply", "shape_e3_s32.ply"]
+    assert sorted(p.name for p in (run_dir / "objs").iterdir()) == ["shape_e1_s16.obj", "shape_e3_s32.obj"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [8, 16, 24, 32]
+    for key in ("train_loss", "test_loss", "sigma_in", "sigma_out", "lr", "plr", "images_per_s", "epoch"):
+        assert all(key in r and r[key] is not None for r in records), key
+    assert records[0]["sigma_in"] > records[-1]["sigma_in"]  # the schedule moves 3 -> 1.5
+    assert records[0]["plr"] == pytest.approx(4e-3) and records[0]["lr"] == pytest.approx(4e-4)
+    assert json.loads((run_dir / "config.json").read_text())["train"]["batch_size"] == 8
+    assert not list(run_dir.rglob("*.tmp"))
+    # a run without data.pixel_nm writes no files in nm (tests/test_exports.py: a run with it does)
+    assert json.loads((run_dir / "scale.json").read_text())["nm_per_unit"] is None
+    assert not (run_dir / "final_nm.ply").exists() and not (run_dir / "final.mrc").exists()
 
 
 def test_evaluate_mode_with_given_poses(run_dir):

@@ -1,5 +1,5 @@
 """The final cloud in nm: the density volume against a direct sum, the MRC header, napari's CSV layout,
-the Picasso 3D file; a unitless run writes none of them."""
+the Picasso 3D file; a run with data.pixel_nm writes the volume."""
 
 import csv
 import json
@@ -73,13 +73,10 @@ def test_picasso_3d_file(tmp_path):
     np.testing.assert_allclose(t["lpx"] * px, 6.0, rtol=1e-6)
 
 
-def test_unitless_run_writes_no_nm_files(tmp_path):
+def test_a_run_with_pixel_nm_writes_the_volume(tmp_path):
+    # a unitless run writes none of the nm files: tests/test_evaluate.py, on its trained run
     cfg = tiny.get_config()
     cfg.train.steps, cfg.train.report = 2, False
-    run = tmp_path / "run"
-    pipeline.fit(cfg, run)
-    assert json.loads((run / "scale.json").read_text())["nm_per_unit"] is None
-    assert (run / "final.ply").exists() and not (run / "final_nm.ply").exists() and not (run / "final.mrc").exists()
     cfg.data.pixel_nm = 2.0
     pipeline.fit(cfg, tmp_path / "scaled")
     assert (

@@ -63,29 +63,6 @@ def test_training_loss_falls_at_constant_sigma(tmp_path):
     assert last["test_loss"] < first["test_loss"]
 
 
-def test_outputs_exist_and_parse(tmp_path):
-    cfg = _config()
-    state = pipeline.train_and_evaluate(cfg, tmp_path)
-    learned = np.asarray(state.params["points"])
-    assert int(state.step) == 32
-    for name in ("initial.ply", "initial.obj", "final.ply", "final.obj"):
-        assert pointfile.read_points(tmp_path / name).shape == (60, 3)
-    np.testing.assert_allclose(pointfile.read_points(tmp_path / "final.ply"), learned, atol=1e-5)
-    assert not np.allclose(pointfile.read_points(tmp_path / "initial.ply"), learned, atol=1e-3)  # points moved
-    # save_every 16 with 8 steps per epoch: steps 16 (epoch 1) and 32 (epoch 3)
-    assert sorted(p.name for p in (tmp_path / "plys").iterdir()) == ["shape_e1_s16.ply", "shape_e3_s32.ply"]
-    assert sorted(p.name for p in (tmp_path / "objs").iterdir()) == ["shape_e1_s16.obj", "shape_e3_s32.obj"]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [8, 16, 24, 32]
-    for key in ("train_loss", "test_loss", "sigma_in", "sigma_out", "lr", "plr", "images_per_s", "epoch"):
-        assert all(key in r and r[key] is not None for r in records), key
-    assert records[0]["sigma_in"] > records[-1]["sigma_in"]  # the schedule moves 3 -> 1.5
-    assert records[0]["plr"] == pytest.approx(4e-3) and records[0]["lr"] == pytest.approx(4e-4)
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["batch_size"] == 8
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    assert not list(tmp_path.rglob("*.tmp"))
-
-
 def test_pose_only_mode_keeps_points_fixed(tmp_path):
     fixed = REPO / "objs" / "asymmetric.ply"
     cfg = _config(**{"points.fixed": str(fixed), "train.epochs": 1})
