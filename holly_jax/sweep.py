@@ -8,7 +8,7 @@ A variant is a dict of dotted config overrides, the same fields launch.py takes
 as ``--config.X=Y``; it trains in ``ROOT/NAME`` and is then evaluated. A
 finished variant is read back rather than rerun, and an interrupted one resumes
 from its checkpoint, so a notebook can be executed again cheaply. ``scale``
-sizes every variant: "tiny" (32x32, 48 steps: seconds on a CPU, for tests and
+sizes every variant: "tiny" (32x32, 32 steps: seconds on a CPU, for tests and
 CI), "cpu" (the config's images at 1,500 steps: about two minutes a variant
 on a 2-core CPU for configs/quick.py:single_head), "quick" (the config as
 written: five to eight minutes for configs/quick.py) or "full" (128x128 and
@@ -46,10 +46,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "data.test_size": 32,
         "data.valid_size": 32,
         "train.batch_size": 16,
-        "train.epochs": 3,
+        "train.epochs": 2,
         "train.steps": 0,
         "train.log_every": 16,
-        "train.save_every": 48,
+        "train.save_every": 32,
         "points.num": 60,
         "refine.images": 64,
         "refine.batch_size": 16,
