@@ -1,4 +1,5 @@
-"""Training end to end on tiny configs: loss falls, outputs parse, a killed run resumes exactly."""
+"""Training on tiny configs: the loss falls, pose-only and predicted-sigma modes, the learning-rate schedules,
+bad input in one line (a tiny run's outputs: tests/test_evaluate.py; killed runs: tests/test_faults.py)."""
 
 import json
 import os
