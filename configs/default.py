@@ -65,6 +65,11 @@ refine   per-image pose refinement after training (auto-decoding):
          batch's rows, those with the highest loss, is left out of the
          points' update (their poses still refine): rows on a wrong pose
          then do not draw their copy into the cloud (0: none, the default).
+         ``relocate_every`` > 0: every that many steps, learned points whose
+         images read under 0.45 times the median point's intensity at them
+         (off the structure, beyond the final blur's reach) move beside the
+         points that draw least of what their images hold (0: never, the
+         default).
 search   a global pose search (projection matching, holly_jax/search.py):
          ``use`` "refine" starts each refinement row from the better (lower
          loss) of the network's best hypothesis and the search's pose;
@@ -171,6 +176,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.refine.plr = config_dict.placeholder(float)
     config.refine.relabel_every = 0
     config.refine.trim = 0.0
+    config.refine.relocate_every = 0
 
     # Global pose search ("none": the original)
     config.search = ml_collections.ConfigDict()

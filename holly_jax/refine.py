@@ -58,6 +58,9 @@ FEATURE_SHARE = 0.05  # of the learned points, moved to the strongest unexplaine
 VOXELS = 40  # the back-projection's grid, per side
 PEAK_SCORE = 8.0  # a place gets points when its unexplained intensity is this many robust deviations up
 MAX_TURNS = 32  # relabelling candidates kept from the learned cloud's symmetries
+STRAY = 0.45  # a learned point whose images read under this share of the median point's intensity is off
+# the structure (``relocate_strays``)
+SPACING_SAMPLE = 256  # the relocated points' spread comes from this many of the others' neighbour distances
 
 
 class RefineState(struct.PyTreeNode):
@@ -85,6 +88,7 @@ class Phase(NamedTuple):
     relabel_every: int  # steps between relabellings (0: never)
     relabel_after: int  # relabellings come after this step (the symmetry-breaking one, if any)
     search_again: int  # every row is searched again at this step (``search.again_at``; 0: never)
+    relocate_every: int  # stray points are relocated every this many steps (``refine.relocate_every``; 0: never)
     trim: float  # the share of each batch's highest-loss rows left out of the points' update
     lr: optax.Schedule  # pose rows
     plr: optax.Schedule  # points
@@ -112,6 +116,7 @@ def phase(setup: Setup) -> Phase:
         int(cfg.refine.relabel_every),
         _breaking_step(setup, steps) if int(cfg.refine.relabel_every) else 0,
         max(1, int(steps * cfg.search.again_at)) if cfg.search.again_at > 0 else 0,
+        0 if setup.pose_only else int(cfg.refine.relocate_every),
         float(cfg.refine.trim),
         optim.decaying(cfg.refine.lr, steps, fraction),
         optim.decaying(plr, steps, fraction),
@@ -231,6 +236,21 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
                 lambda: (moved_B, R0, gathered, moments),
             )
         mu_B, nu_B, count_B = moments
+        points, points_opt = state.points, state.points_opt
+        moved_U = jnp.zeros(points.shape[:1], bool)
+        if ph.relocate_every:  # stray points moved onto the structure, their Adam moments zeroed
+            due = (state.step % ph.relocate_every == 0) & (state.step > 0)
+
+            def relocated():
+                read = point_reads(
+                    setup, points, row_rotations(R0, gathered["omega"]), gathered["t"], gathered["sigma"], targets
+                )
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), salts.RELOCATE), state.step)
+                new, moved = relocate_strays(points, read[:, 0], read[:, 1], key)
+                zeroed = lambda x: jnp.where(moved[:, None], 0, x) if x.shape == points.shape else x  # noqa: E731
+                return new, jax.tree.map(zeroed, points_opt), moved
+
+            points, points_opt, moved_U = jax.lax.cond(due, relocated, lambda: (points, points_opt, moved_U))
 
         copies = 0 if ph.trim else None  # trimmed: each row draws its own copy of the points (its own gradient)
 
@@ -242,16 +262,16 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             per_row = loss.l1_per_image(images, targets, mode)
             return jnp.sum(per_row), per_row
 
-        points = jnp.broadcast_to(state.points, rows_B.shape + state.points.shape) if ph.trim else state.points
+        drawn_points = jnp.broadcast_to(points, rows_B.shape + points.shape) if ph.trim else points
         (total, per_row), (g_points, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            points, gathered
+            drawn_points, gathered
         )
         if ph.trim:  # the points learn from the batch's lowest-loss rows alone; every row's pose still moves
             g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_points)
         if not learn_sigma:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
-        updates, points_opt = tx.update(g_points, state.points_opt, state.points)
-        points = optax.apply_updates(state.points, updates)
+        updates, points_opt = tx.update(g_points, points_opt, points)
+        points = optax.apply_updates(points, updates)
         new, mu, nu, count = sparse_adam(gathered, g_rows, mu_B, nu_B, count_B, ph.lr(state.step), cfg)
         new = {**new, "sigma": jnp.maximum(new["sigma"], SIGMA_FLOOR)}
         scatter = lambda full, part: full.at[rows_B].set(part)
@@ -270,6 +290,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             "sigma_out": jnp.mean(new["sigma"]),
             "grad_norm": optax.tree.norm((g_points, g_rows)),
             "relabelled": jnp.mean(moved_B.astype(jnp.float32)),
+            "relocated": jnp.sum(moved_U.astype(jnp.float32)),
         }
         return state, metrics
 
@@ -335,6 +356,16 @@ def _grid(cloud_Nx3: np.ndarray) -> np.ndarray:
     return (np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + c).astype(np.float32)
 
 
+def read_at(where_Vx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, maps_HxWxC: jax.Array, size) -> jax.Array:
+    """Each 3D place's values in an image's maps at the pixel it projects to under the pose (R, t), V x C;
+    zero outside the image."""
+    px, py = render.project(where_Vx3, R_3x3, t_2, size)
+    ix, iy = jnp.round(px).astype(jnp.int32), jnp.round(py).astype(jnp.int32)
+    inside = (ix >= 0) & (ix < size[1]) & (iy >= 0) & (iy < size[0])
+    read = maps_HxWxC[jnp.clip(iy, 0, size[0] - 1), jnp.clip(ix, 0, size[1] - 1)]
+    return jnp.where(inside[:, None], read, 0.0)
+
+
 def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarray) -> np.ndarray:
     """The intensity the rows' images hold that the cloud at their poses does not draw, back-projected: for
     every grid point, the sum over rows of max(target - drawn, 0) (normalised images) at the pixel it
@@ -345,21 +376,50 @@ def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarra
     @functools.partial(compiler.jit, out_shardings=setup.replicated())
     def chunk(state, arrays, rows_B, batch, valid_B, grid_Vx3):
         targets, drawn, R, t = _rows_drawn(setup, ph, state, arrays, rows_B, batch)
-        left = jnp.maximum(loss.normalise(targets, mode) - loss.normalise(drawn, mode), 0.0)
-
-        def one(R, t, left_HxW):
-            px, py = render.project(grid_Vx3, R, t, size)
-            ix, iy = jnp.round(px).astype(jnp.int32), jnp.round(py).astype(jnp.int32)
-            inside = (ix >= 0) & (ix < size[1]) & (iy >= 0) & (iy < size[0])
-            return jnp.where(inside, left_HxW[jnp.clip(iy, 0, size[0] - 1), jnp.clip(ix, 0, size[1] - 1)], 0.0)
-
-        return jnp.einsum("b,bv->v", valid_B.astype(left.dtype), jax.vmap(one)(R, t, left))
+        left = jnp.maximum(loss.normalise(targets, mode) - loss.normalise(drawn, mode), 0.0)[..., None]
+        read = jax.vmap(read_at, in_axes=(None, 0, 0, 0, None))(grid_Vx3, R, t, left, size)[..., 0]
+        return jnp.einsum("b,bv->v", valid_B.astype(left.dtype), read)
 
     grid = jnp.asarray(grid_Vx3)
     parts = [
         chunk(state, setup.ds.arrays, r, b, v, grid) for r, b, v in _row_chunks(setup, ph, np.asarray(state.items_M))
     ]
     return np.asarray(jax.device_get(sum(parts)), np.float64)
+
+
+def point_reads(setup: Setup, points_Ux3: jax.Array, R_Bx3x3, t_Bx2, sigma_B, targets_BxHxW) -> jax.Array:
+    """Each learned point's reading of a batch's images at their poses, summed over the rows, U x 2: the
+    normalised target and the part of it the cloud does not draw (max(n(target) - n(drawn), 0)), at the
+    pixel the point projects to; under an imposed group, a learned point's sum over its copies. A point on
+    the structure reads its image's intensity in nearly every row, a stray one background in most."""
+    mode, size = setup.cfg.train.normalise, setup.ds.size
+    cloud = forward.cloud(setup, points_Ux3)
+    target = loss.normalise(targets_BxHxW, mode)
+    drawn = loss.normalise(render.render_poses(cloud, R_Bx3x3, t_Bx2, sigma_B, size), mode)
+    maps = jnp.stack([target, jnp.maximum(target - drawn, 0.0)], -1)
+    read = jax.vmap(read_at, in_axes=(None, 0, 0, 0, None))(cloud, R_Bx3x3, t_Bx2, maps, size).sum(0)
+    return read.reshape(-1, points_Ux3.shape[0], 2).sum(0)
+
+
+def relocate_strays(points_Ux3: jax.Array, support_U: jax.Array, unexplained_U: jax.Array, key: jax.Array):
+    """Stray points moved onto the structure (traced): points reading under ``STRAY`` times the median
+    point's intensity (``point_reads``) go each beside one of the other points, those with the most
+    unexplained intensity at them first (where the cloud draws least of what the images hold), offset by a
+    Gaussian of spread half the other points' median nearest-neighbour distance (over at most
+    ``SPACING_SAMPLE`` of them); the refinement's gradient pulls them on. Returns (points, moved_U); nothing
+    moves when fewer than two points are left."""
+    n = points_Ux3.shape[0]
+    stray = support_U < STRAY * jnp.median(support_U)
+    kept = n - jnp.sum(stray)
+    order = jnp.argsort(jnp.where(stray, jnp.inf, -unexplained_U), stable=True)  # the kept, most unexplained first
+    to = order[(jnp.cumsum(stray) - 1) % jnp.maximum(kept, 1)]
+    sample = jnp.argsort(stray, stable=True)[: min(n, SPACING_SAMPLE)]  # kept points first: memory stays bounded
+    distance = jnp.linalg.norm(points_Ux3[sample, None] - points_Ux3[None], axis=-1)
+    distance = jnp.where(stray[None] | (sample[:, None] == jnp.arange(n)), jnp.inf, distance)
+    spacing = jnp.nanmedian(jnp.where(stray[sample], jnp.nan, distance.min(1)))
+    moved = stray & (kept >= 2)
+    offset = jax.random.normal(key, points_Ux3.shape, points_Ux3.dtype) * 0.5 * spacing
+    return jnp.where(moved[:, None], points_Ux3[to] + offset, points_Ux3), moved
 
 
 def seed_feature(points_Nx3: np.ndarray, grid_Vx3: np.ndarray, unexplained_V: np.ndarray, seed: int):

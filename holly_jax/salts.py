@@ -9,3 +9,4 @@ EPOCH_ORDER = 2  # the training items' shuffled order in each epoch
 REFINE_ORDER = 3  # the refinement table rows' shuffled order in each refinement epoch
 LOCS_ANGLES = 4  # the in-plane angle each localisation particle is drawn at, per step
 HALVES = 5  # the split of the training items into two halves for a half-set run
+RELOCATE = 6  # the offsets of stray points relocated during refinement, per step

@@ -150,6 +150,7 @@ BOUNDS: dict[str, Bounds] = {
     "refine.plr": _POSITIVE._replace(optional=True),
     "refine.relabel_every": _SIZE,
     "refine.trim": Bounds(0, 1, high_open=True),
+    "refine.relocate_every": _SIZE,
     "search.grid_deg": Bounds(3, 90),  # 3 degrees: 550,000 rotations, 20 MB
     "search.levels": Bounds(0, 8, integer=True),
     "search.keep": Bounds(1, 256, integer=True),

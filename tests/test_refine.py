@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 from test_fits_training import _fits_config, _images
 
 from configs import tiny
-from holly_jax import data, evaluate, loss, pipeline, refine, render, rotations, train, workdirs
+from holly_jax import data, evaluate, input_pipeline, loss, pipeline, refine, render, rotations, train, workdirs
 from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,12 +166,15 @@ def test_refinement_recovers_perturbed_poses_with_the_true_points():
 
 def test_refined_run_resumes_exactly_and_reports_refined_poses(tmp_path, capsys):
     # with the symmetry breaking at refinement step 4 (a third of 12), relabelling every 2nd step after it,
-    # and every row searched again at step 8 (search.again_at)
+    # every row searched again at step 8 (search.again_at), and stray points relocated at steps 5 and 10
+    # (in the step: a resumed run relocates where an uninterrupted one does)
     changes = {"train.save_every": 4, "refine.relabel_every": 2, "search.again_at": 0.7, "search.grid_deg": 30.0}
+    changes["refine.relocate_every"] = 5
     changes.update({"search.levels": 1, "search.keep": 2})  # a small search: compiled in fewer seconds
     cfg, quiet = _config(**changes), _config(**changes, **{"train.report": False})
     pipeline.train_and_evaluate(quiet, tmp_path / "whole")
-    moved = re.search(r"refine step 8: every row searched again: (\d+) of 32", capsys.readouterr().out)
+    said = capsys.readouterr().out
+    moved = re.search(r"refine step 8: every row searched again: (\d+) of 32", said)
     assert moved and int(moved.group(1)) > 0  # the late search changed rows: a resume that skipped it would show
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")
     shutil.copytree(tmp_path / "whole", tmp_path / "late")
@@ -404,3 +407,116 @@ def test_searching_every_row_again_brings_far_rows_home_and_leaves_right_rows_al
     assert _angle_deg(R, R_true).max() < 4.0  # all home, to the last level's step (2.5 degrees)
     assert np.all(after.count_M[went] == 0) and np.all(after.mu["t"][went] == 0)  # moved rows start afresh
     np.testing.assert_array_equal(after.count_M[~went], 3)  # the others as they were
+
+
+def _dense_reads(truth_Nx3, R_Bx3x3, t_Bx2, sigma, size, where_Vx3, drawn_Nx3):
+    """An independent numpy reference of ``refine.backprojected``: each row's target (the truth drawn pixel by
+    pixel, Gaussian by Gaussian) and its excess over the drawn cloud, both scaled to sum to 100, read at the
+    nearest pixel of each place and summed over rows, V x 2."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+
+    def pixels(x_Nx3, R, t):
+        p = 0.5 * x_Nx3 @ R.T
+        return (h / 2) * (p[:, 0] + 0.5 * t[0]) + w / 2, -(h / 2) * (p[:, 1] + 0.5 * t[1]) + h / 2
+
+    def draw(x_Nx3, R, t):
+        px, py = pixels(x_Nx3, R, t)
+        image = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in zip(px, py))
+        return image * 100 / image.sum()
+
+    out = np.zeros((len(where_Vx3), 2))
+    for R, t in zip(np.asarray(R_Bx3x3, np.float64), np.asarray(t_Bx2, np.float64)):
+        target = draw(truth_Nx3, R, t)
+        left = np.maximum(target - draw(drawn_Nx3, R, t), 0)
+        px, py = pixels(where_Vx3, R, t)
+        ix, iy = np.floor(px + 0.5).astype(int), np.floor(py + 0.5).astype(int)
+        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        ix, iy = np.clip(ix, 0, w - 1), np.clip(iy, 0, h - 1)
+        out += np.stack([np.where(inside, target[iy, ix], 0), np.where(inside, left[iy, ix], 0)], 1)
+    return out
+
+
+def _pushed_out(truth):
+    """About a tenth of the points pushed 0.8 units outward from the centroid to places over 0.5 units (4
+    pixels at 32x32, 2.7 sigma) from the structure: (indices, points)."""
+    tried = np.arange(3, len(truth), 10)
+    out = truth[tried] - truth.mean(0)
+    pushed = truth[tried] + 0.8 * out / np.linalg.norm(out, axis=1, keepdims=True)
+    away = cKDTree(truth).query(pushed)[0] > 0.5
+    points = truth.copy()
+    points[tried[away]] = pushed[away]
+    return tried[away], points
+
+
+def test_stray_points_read_background_and_are_moved_onto_the_structure():
+    # the asymmetric shape's true points with some pushed off it, every row at its true pose
+    setup = create_setup(_config())
+    ph = refine.phase(setup)
+    items, R_true, rows_at = _true_rows(setup, ph)
+    rstate = rows_at(R_true, np.eye(3)[None])
+    truth = np.asarray(rstate.points, np.float64)
+    planted, points = _pushed_out(truth)
+    assert len(planted) >= 20
+    t_true = np.asarray(rstate.rows["t"])
+    batch = jnp.asarray(input_pipeline.host_batch(setup, items, setup.total_steps))
+    targets = data.targets(setup.ds, setup.ds.arrays, batch, jnp.float32(ph.sigma), jnp.int32(setup.total_steps))
+    read = np.asarray(
+        refine.point_reads(
+            setup,
+            jnp.asarray(points, jnp.float32),
+            jnp.asarray(R_true),
+            rstate.rows["t"],
+            rstate.rows["sigma"],
+            targets,
+        )
+    )
+    reference = _dense_reads(truth, R_true, t_true, ph.sigma, setup.ds.size, points, points)
+    np.testing.assert_allclose(read, reference, rtol=2e-3, atol=2e-3 * reference.max())
+
+    key = jax.random.key(0)
+    new, moved = refine.relocate_strays(jnp.asarray(points), jnp.asarray(read[:, 0]), jnp.asarray(read[:, 1]), key)
+    new, moved = np.asarray(new), np.asarray(moved)
+    np.testing.assert_array_equal(np.flatnonzero(moved), planted)  # those, and no other, read background
+    np.testing.assert_array_equal(np.delete(new, planted, 0), np.delete(points, planted, 0))
+    spacing = np.median(cKDTree(truth).query(truth, k=2)[0][:, 1])
+    assert cKDTree(truth).query(new[planted])[0].max() < 2 * spacing  # onto the structure
+    # each went beside one of the others, those drawing least of their images first
+    kept = np.setdiff1d(np.arange(len(points)), planted)
+    to = kept[np.argsort(-read[kept, 1], kind="stable")[: len(planted)]]
+    assert np.linalg.norm(new[planted] - points[to], axis=1).max() < 2 * spacing
+    same, moved = refine.relocate_strays(jnp.asarray(truth), jnp.ones(len(truth)), jnp.ones(len(truth)), key)
+    assert not np.asarray(moved).any() and np.array_equal(np.asarray(same), truth)  # none strays: none moves
+
+
+def test_a_refinement_step_relocates_stray_points_every_kth_step():
+    setup = create_setup(_config(**{"refine.relocate_every": 3, "refine.plr": 1e-4}))
+    ph = refine.phase(setup)
+    items, R_true, rows_at = _true_rows(setup, ph)
+    truth = np.asarray(rows_at(R_true, np.eye(3)[None]).points, np.float64)
+    planted, points = _pushed_out(truth)
+    fresh = lambda: rows_at(R_true, np.eye(3)[None]).replace(points=jnp.asarray(points, jnp.float32))  # noqa: E731
+    opt = jax.tree.map(lambda x: np.asarray(x) + (1.0 if x.shape == points.shape else 0), fresh().points_opt)
+    step = refine.make_step(setup, ph)  # donates its state: each run starts from a fresh one
+
+    def run(at, history=opt):
+        state = fresh().replace(step=jnp.int32(at), points_opt=jax.tree.map(jnp.asarray, history))
+        return step(state, setup.ds.arrays, jnp.arange(16), jnp.asarray(items[:16]))
+
+    for at in (2, 4):  # not due: nothing relocated, every point moves by one small step
+        after, metrics = run(at)
+        assert float(metrics["relocated"]) == 0
+        assert np.abs(np.asarray(after.points) - points).max() < 1e-3
+    after, metrics = run(3)  # due
+    assert float(metrics["relocated"]) == len(planted)
+    new = np.asarray(after.points, np.float64)
+    spacing = np.median(cKDTree(truth).query(truth, k=2)[0][:, 1])
+    assert cKDTree(truth).query(new[planted])[0].max() < 2 * spacing
+    assert np.abs(np.delete(new, planted, 0) - np.delete(points, planted, 0)).max() < 1e-3
+    # Adam's moments: the moved points' restarted from zero (as without any history), the others' kept
+    plain, _ = run(3, jax.tree.map(lambda x: np.zeros_like(x) if x.shape == points.shape else x, opt))
+    for now, without in zip(jax.tree.leaves(after.points_opt), jax.tree.leaves(plain.points_opt)):
+        if np.shape(now) == points.shape:
+            now, without = np.asarray(now), np.asarray(without)
+            np.testing.assert_array_equal(now[planted], without[planted])
+            assert np.abs(np.delete(now - without, planted, 0)).min() > 0.8  # b1 or b2 times the history
