@@ -65,7 +65,8 @@ refine   per-image pose refinement after training (auto-decoding):
          batch's rows, those with the highest loss, is left out of the
          points' update (their poses still refine): rows on a wrong pose
          then do not draw their copy into the cloud (0: none, the default).
-         ``relocate_every`` > 0: every that many steps, learned points whose
+         ``relocate_every`` > 0: every that many steps (after the symmetry
+         breaking, with ``relabel_every``), learned points whose
          images read under 0.45 times the median point's intensity at them
          (off the structure, beyond the final blur's reach) move beside the
          points that draw least of what their images hold (0: never, the

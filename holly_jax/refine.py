@@ -88,7 +88,7 @@ class Phase(NamedTuple):
     relabel_every: int  # steps between relabellings (0: never)
     relabel_after: int  # relabellings come after this step (the symmetry-breaking one, if any)
     search_again: int  # every row is searched again at this step (``search.again_at``; 0: never)
-    relocate_every: int  # stray points are relocated every this many steps (``refine.relocate_every``; 0: never)
+    relocate_every: int  # stray points relocated every this many steps, after the breaking (0: never)
     trim: float  # the share of each batch's highest-loss rows left out of the points' update
     lr: optax.Schedule  # pose rows
     plr: optax.Schedule  # points
@@ -239,7 +239,7 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
         points, points_opt = state.points, state.points_opt
         moved_U = jnp.zeros(points.shape[:1], bool)
         if ph.relocate_every:  # stray points moved onto the structure, their Adam moments zeroed
-            due = (state.step % ph.relocate_every == 0) & (state.step > 0)
+            due = (state.step % ph.relocate_every == 0) & (state.step > ph.relabel_after)  # poses settled
 
             def relocated():
                 read = point_reads(

@@ -520,3 +520,17 @@ def test_a_refinement_step_relocates_stray_points_every_kth_step():
             now, without = np.asarray(now), np.asarray(without)
             np.testing.assert_array_equal(now[planted], without[planted])
             assert np.abs(np.delete(now - without, planted, 0)).min() > 0.8  # b1 or b2 times the history
+
+
+def test_a_refinement_that_breaks_a_symmetry_relocates_only_after_the_breaking():
+    # breaking at step 4 (a third of 12): step 3 is a multiple of 3 but before it, step 6 after it
+    setup = create_setup(_config(**{"refine.relocate_every": 3, "refine.relabel_every": 2}))
+    ph = refine.phase(setup)
+    assert ph.relabel_after == 4
+    items, R_true, rows_at = _true_rows(setup, ph)
+    planted, points = _pushed_out(np.asarray(rows_at(R_true, np.eye(3)[None]).points, np.float64))
+    step = refine.make_step(setup, ph)
+    for at, relocated in ((3, 0), (6, len(planted))):
+        state = rows_at(R_true, np.eye(3)[None]).replace(points=jnp.asarray(points, jnp.float32), step=jnp.int32(at))
+        _, metrics = step(state, setup.ds.arrays, jnp.arange(16), jnp.asarray(items[:16]))
+        assert float(metrics["relocated"]) == relocated
