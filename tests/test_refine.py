@@ -410,7 +410,7 @@ def test_searching_every_row_again_brings_far_rows_home_and_leaves_right_rows_al
 
 
 def _dense_reads(truth_Nx3, R_Bx3x3, t_Bx2, sigma, size, where_Vx3, drawn_Nx3):
-    """An independent numpy reference of ``refine.backprojected``: each row's target (the truth drawn pixel by
+    """An independent numpy reference of ``refine.point_reads``: each row's target (the truth drawn pixel by
     pixel, Gaussian by Gaussian) and its excess over the drawn cloud, both scaled to sum to 100, read at the
     nearest pixel of each place and summed over rows, V x 2."""
     h, w = size
