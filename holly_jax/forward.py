@@ -31,7 +31,9 @@ def cloud(setup: Setup, points_Ux3: jax.Array) -> jax.Array:
     docs/method.md §1)."""
     if setup.group is None:
         return points_Ux3
-    return jnp.einsum("gij,uj->gui", jnp.asarray(setup.group, points_Ux3.dtype), points_Ux3).reshape(-1, 3)
+    return jnp.einsum(
+        "gij,uj->gui", jnp.asarray(setup.group, points_Ux3.dtype), points_Ux3, precision=jax.lax.Precision.HIGHEST
+    ).reshape(-1, 3)
 
 
 def full_cloud(setup: Setup, points_Ux3) -> np.ndarray:
@@ -73,7 +75,9 @@ def predict(
         half_turn = jnp.diag(jnp.array([-1.0, -1.0, 1.0], pose.R_Bx3x3.dtype))
         both = lambda x, turned: jnp.concatenate([x, turned], axis=1)
         pose = model.Pose(
-            both(pose.R_Bx3x3, jnp.einsum("ij,bkjl->bkil", half_turn, pose.R_Bx3x3)),
+            both(
+                pose.R_Bx3x3, jnp.einsum("ij,bkjl->bkil", half_turn, pose.R_Bx3x3, precision=jax.lax.Precision.HIGHEST)
+            ),
             both(pose.rotation_raw, pose.rotation_raw),
             both(pose.t_Bx2, -pose.t_Bx2),
             None if pose.sigma_B is None else both(pose.sigma_B, pose.sigma_B),

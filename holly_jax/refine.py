@@ -128,7 +128,12 @@ def points_optimizer(setup: Setup, ph: Phase) -> optax.GradientTransformation:
 
 
 def row_rotations(R0_Bx3x3: jax.Array, omega_Bx3: jax.Array) -> jax.Array:
-    return jnp.einsum("bij,bjk->bik", jax.vmap(rotations.axis_angle_to_matrix)(omega_Bx3), R0_Bx3x3)
+    return jnp.einsum(
+        "bij,bjk->bik",
+        jax.vmap(rotations.axis_angle_to_matrix)(omega_Bx3),
+        R0_Bx3x3,
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def rotations_of(state: RefineState) -> jax.Array:
@@ -166,7 +171,9 @@ def relabel(cloud_Nx3, turns_Kx3x3, R_Bx3x3, t_Bx2, sigma_B, targets_BxHxW, size
     cloud's centroid on the image's, as the search does; the pose itself keeps its own, so a copy by the
     identity is the pose re-centred): the index of the best (0: the pose itself, also on a tie), its
     rotation and its translation."""
-    R_all = jnp.concatenate([R_Bx3x3[:, None], jnp.einsum("bij,kjl->bkil", R_Bx3x3, turns_Kx3x3)], 1)
+    R_all = jnp.concatenate(
+        [R_Bx3x3[:, None], jnp.einsum("bij,kjl->bkil", R_Bx3x3, turns_Kx3x3, precision=jax.lax.Precision.HIGHEST)], 1
+    )
 
     def one(R_Cx3x3, t_2, sigma, target):
         t_Cx2 = jnp.concatenate([t_2[None], search.centred(cloud_Nx3, R_Cx3x3[1:], target, size)])
@@ -267,7 +274,9 @@ def make_step(setup: Setup, ph: Phase) -> Callable:
             drawn_points, gathered
         )
         if ph.trim:  # the points learn from the batch's lowest-loss rows alone; every row's pose still moves
-            g_points = jnp.einsum("b,b...->...", trimmed(per_row, ph.trim), g_points)
+            g_points = jnp.einsum(
+                "b,b...->...", trimmed(per_row, ph.trim), g_points, precision=jax.lax.Precision.HIGHEST
+            )
         if not learn_sigma:
             g_rows = {**g_rows, "sigma": jnp.zeros_like(g_rows["sigma"])}
         updates, points_opt = tx.update(g_points, points_opt, points)
@@ -378,7 +387,7 @@ def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarra
         targets, drawn, R, t = _rows_drawn(setup, ph, state, arrays, rows_B, batch)
         left = jnp.maximum(loss.normalise(targets, mode) - loss.normalise(drawn, mode), 0.0)[..., None]
         read = jax.vmap(read_at, in_axes=(None, 0, 0, 0, None))(grid_Vx3, R, t, left, size)[..., 0]
-        return jnp.einsum("b,bv->v", valid_B.astype(left.dtype), read)
+        return jnp.einsum("b,bv->v", valid_B.astype(left.dtype), read, precision=jax.lax.Precision.HIGHEST)
 
     grid = jnp.asarray(grid_Vx3)
     parts = [

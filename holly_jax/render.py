@@ -18,7 +18,7 @@ Size = tuple[int, int]  # (H rows, W columns)
 def project(points_Nx3: jax.Array, R_3x3: jax.Array, t_2: jax.Array, size: Size) -> tuple[jax.Array, jax.Array]:
     """Pixel coordinates (px, py) of points under rotation R and translation t."""
     h, w = size
-    p_Nx3 = 0.5 * points_Nx3 @ R_3x3.T
+    p_Nx3 = 0.5 * jnp.matmul(points_Nx3, R_3x3.T, precision=jax.lax.Precision.HIGHEST)
     px_N = (h / 2) * (p_Nx3[:, 0] + 0.5 * t_2[0]) + w / 2
     py_N = -(h / 2) * (p_Nx3[:, 1] + 0.5 * t_2[1]) + h / 2
     return px_N, py_N

@@ -50,7 +50,7 @@ def axis_angle_to_matrix(r_3: jax.Array) -> jax.Array:
     # (1 - cos t) / t^2 as 2 sin^2(t/2) / t^2: no cancellation in float32.
     b = jnp.where(small, 0.5 - t2 / 24.0 + t2 * t2 / 720.0, 2.0 * jnp.square(jnp.sin(0.5 * t) / t))
     k = _skew(r_3)
-    return jnp.eye(3, dtype=r_3.dtype) + a * k + b * (k @ k)
+    return jnp.eye(3, dtype=r_3.dtype) + a * k + b * jnp.matmul(k, k, precision=jax.lax.Precision.HIGHEST)
 
 
 def axis_angle_to_quaternion(r_3: jax.Array) -> jax.Array:
@@ -171,7 +171,7 @@ def compose_in_plane(q_base_4: jax.Array, angle: jax.Array) -> jax.Array:
 def slerp(q0_4: jax.Array, q1_4: jax.Array, t: jax.Array) -> jax.Array:
     """Shortest-path spherical interpolation of unit q_4: q0 at t = 0, q1 at t = 1."""
     q0_4, q1_4 = jnp.asarray(q0_4), jnp.asarray(q1_4)
-    d = jnp.dot(q0_4, q1_4)
+    d = jnp.dot(q0_4, q1_4, precision=jax.lax.Precision.HIGHEST)
     q1_4 = jnp.where(d < 0, -q1_4, q1_4)
     d = jnp.abs(d)
     near = d > 0.9995  # nearly parallel: sin(theta) too small to divide by, lerp instead
@@ -184,7 +184,7 @@ def slerp(q0_4: jax.Array, q1_4: jax.Array, t: jax.Array) -> jax.Array:
 
 def geodesic_angle(R1_3x3: jax.Array, R2_3x3: jax.Array) -> jax.Array:
     """Angle in [0, pi] of R1^T R2, as atan2(sin, cos): accurate near 0 and near pi."""
-    m = jnp.asarray(R1_3x3).T @ jnp.asarray(R2_3x3)
+    m = jnp.matmul(jnp.asarray(R1_3x3).T, jnp.asarray(R2_3x3), precision=jax.lax.Precision.HIGHEST)
     cos = 0.5 * (jnp.trace(m) - 1.0)
     sin = 0.5 * _safe_norm(jnp.stack([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]))
     return jnp.arctan2(sin, cos)
@@ -199,7 +199,7 @@ def sixd_to_matrix(d_6: jax.Array) -> jax.Array:
     d_6 = jnp.asarray(d_6)
     a1, a2 = d_6[:3], d_6[3:]
     c1 = a1 / jnp.maximum(_safe_norm(a1), 1e-12)
-    c2 = a2 - jnp.dot(c1, a2) * c1
+    c2 = a2 - jnp.dot(c1, a2, precision=jax.lax.Precision.HIGHEST) * c1
     c2 = c2 / jnp.maximum(_safe_norm(c2), 1e-12)
     return jnp.stack([c1, c2, jnp.cross(c1, c2)], axis=-1)
 

@@ -177,7 +177,7 @@ def local(points_Nx3, R_BxKx3x3, targets_BxHxW, sigma, size, mode, step_rad: flo
     b, k = R_BxKx3x3.shape[:2]
 
     def visit(_, R_Bx3x3):
-        around = jnp.einsum("cij,bjk->bcik", turns, R_Bx3x3)
+        around = jnp.einsum("cij,bjk->bcik", turns, R_Bx3x3, precision=jax.lax.Precision.HIGHEST)
         return None, (_scores(points_Nx3, around, targets_BxHxW, sigma, size, mode)[0], around)
 
     _, (loss_KxBx27, R_KxBx27) = jax.lax.scan(visit, None, jnp.swapaxes(R_BxKx3x3, 0, 1))
