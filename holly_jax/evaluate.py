@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,12 +77,28 @@ def images_of(setup: Setup, idx: np.ndarray, sigma: float) -> tuple[np.ndarray, 
     at their step-0 angles) and, for simulated data, their true rotations."""
     if len(idx) == 0:
         return np.zeros((0, *setup.ds.size), np.float32), None
-    targets_of = jax.jit(lambda arrays, batch, sigma: data.targets(setup.ds, arrays, batch, sigma, jnp.int32(0)))
-    chunk = lambda a, b: targets_of(
-        setup.ds.arrays, jnp.asarray(input_pipeline.host_batch(setup, idx[a:b], setup.total_steps)), jnp.float32(sigma)
-    )
-    targets = forward.batched(chunk, len(idx), 64)
+    targets_of = _targets_of(setup.ds)
+
+    def chunk(start, stop):  # every chunk IMAGES_CHUNK long (the last padded, cut off after): one compile
+        items = np.resize(idx[start:stop], IMAGES_CHUNK)
+        batch = jnp.asarray(input_pipeline.host_batch(setup, items, setup.total_steps))
+        return targets_of(setup.ds.arrays, batch, jnp.float32(sigma))
+
+    targets = forward.batched(chunk, len(idx), IMAGES_CHUNK)
     return targets, (true_rotations(setup, idx) if setup.ds.source == "simulated" else None)
+
+
+IMAGES_CHUNK = 64
+_TARGETS_OF: list = [None, None]  # the last data set and its jitted target drawing: compiled once per run
+
+
+def _targets_of(ds: data.Dataset) -> Callable:
+    if _TARGETS_OF[0] is not ds:
+        _TARGETS_OF[:] = [
+            ds,
+            jax.jit(lambda arrays, batch, sigma: data.targets(ds, arrays, batch, sigma, jnp.int32(0))),
+        ]
+    return _TARGETS_OF[1]
 
 
 _matrices_from_axis_angle = jax.jit(jax.vmap(rotations.axis_angle_to_matrix))

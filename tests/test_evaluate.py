@@ -170,3 +170,23 @@ def test_mode_errors_are_one_line(run_dir, tmp_path, case):
     assert rc != 0
     assert err.startswith("error: ") and err.count("\n") == 1 and problem in err, err
     assert "Traceback" not in out + err
+
+
+def test_evaluation_images_equal_one_whole_batch_and_compile_once():
+    """``evaluate.images_of`` draws its items in padded chunks of one shape: the same images as drawing every
+    item in one call, and one compiled program however many items and calls."""
+    import jax.numpy as jnp
+
+    from holly_jax import data, evaluate
+    from holly_jax.setup import create_setup
+
+    cfg = tiny.get_config()
+    cfg.data.object = str(OBJ)
+    setup = create_setup(cfg)
+    idx = np.arange(3, 3 + evaluate.IMAGES_CHUNK + 6)  # a chunk and a part
+    whole = np.asarray(data.targets(setup.ds, setup.ds.arrays, jnp.asarray(idx), jnp.float32(1.5), jnp.int32(0)))
+    targets, R = evaluate.images_of(setup, idx, 1.5)
+    np.testing.assert_allclose(targets, whole, rtol=1e-5, atol=1e-6)
+    assert targets.shape == (len(idx), *setup.ds.size) and R.shape == (len(idx), 3, 3)
+    evaluate.images_of(setup, idx[:5], 1.0)
+    assert evaluate._targets_of(setup.ds)._cache_size() == 1
