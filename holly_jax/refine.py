@@ -397,16 +397,21 @@ def unexplained(setup: Setup, ph: Phase, state: RefineState, grid_Vx3: np.ndarra
 
 
 def point_reads(setup: Setup, points_Ux3: jax.Array, R_Bx3x3, t_Bx2, sigma_B, targets_BxHxW) -> jax.Array:
-    """Each learned point's reading of a batch's images at their poses, summed over the rows, U x 2: the
-    normalised target and the part of it the cloud does not draw (max(n(target) - n(drawn), 0)), at the
-    pixel the point projects to; under an imposed group, a learned point's sum over its copies. A point on
-    the structure reads its image's intensity in nearly every row, a stray one background in most."""
+    """Each learned point's reading of a batch's images at their poses, summed over the batch's better-fitting
+    half of rows (L1 at or under the batch's median), U x 2: the normalised target and the part of it the
+    cloud does not draw (max(n(target) - n(drawn), 0)), at the pixel the point projects to; under an imposed
+    group, a learned point's sum over its copies. A point on the structure reads its image's intensity in
+    nearly every row, a stray one background in most. Rows on a wrong pose fit about twice as badly and are
+    left out: their intensity lies where the structure is not, and would pull relocated points there."""
     mode, size = setup.cfg.train.normalise, setup.ds.size
     cloud = forward.cloud(setup, points_Ux3)
     target = loss.normalise(targets_BxHxW, mode)
     drawn = loss.normalise(render.render_poses(cloud, R_Bx3x3, t_Bx2, sigma_B, size), mode)
     maps = jnp.stack([target, jnp.maximum(target - drawn, 0.0)], -1)
-    read = jax.vmap(read_at, in_axes=(None, 0, 0, 0, None))(cloud, R_Bx3x3, t_Bx2, maps, size).sum(0)
+    fit_B = jnp.sum(jnp.abs(target - drawn), axis=(-2, -1))  # the row's loss
+    better_B = (fit_B <= jnp.median(fit_B)).astype(target.dtype)
+    read_BxPx2 = jax.vmap(read_at, in_axes=(None, 0, 0, 0, None))(cloud, R_Bx3x3, t_Bx2, maps, size)
+    read = jnp.einsum("b,bpc->pc", better_B, read_BxPx2, precision=jax.lax.Precision.HIGHEST)
     return read.reshape(-1, points_Ux3.shape[0], 2).sum(0)
 
 

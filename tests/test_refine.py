@@ -409,10 +409,12 @@ def test_searching_every_row_again_brings_far_rows_home_and_leaves_right_rows_al
     np.testing.assert_array_equal(after.count_M[~went], 3)  # the others as they were
 
 
-def _dense_reads(truth_Nx3, R_Bx3x3, t_Bx2, sigma, size, where_Vx3, drawn_Nx3):
+def _dense_reads(truth_Nx3, R_Bx3x3, t_Bx2, sigma, size, where_Vx3, drawn_Nx3, R_true_Bx3x3=None):
     """An independent numpy reference of ``refine.point_reads``: each row's target (the truth drawn pixel by
     pixel, Gaussian by Gaussian) and its excess over the drawn cloud, both scaled to sum to 100, read at the
-    nearest pixel of each place and summed over rows, V x 2."""
+    nearest pixel of each place and summed over the rows whose L1 between the two is at most the median,
+    V x 2; and which rows those were. The images are the truth at ``R_true`` (default: the rows' poses R);
+    the cloud is drawn, and the places read, at R."""
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
 
@@ -425,16 +427,20 @@ def _dense_reads(truth_Nx3, R_Bx3x3, t_Bx2, sigma, size, where_Vx3, drawn_Nx3):
         image = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in zip(px, py))
         return image * 100 / image.sum()
 
-    out = np.zeros((len(where_Vx3), 2))
-    for R, t in zip(np.asarray(R_Bx3x3, np.float64), np.asarray(t_Bx2, np.float64)):
-        target = draw(truth_Nx3, R, t)
-        left = np.maximum(target - draw(drawn_Nx3, R, t), 0)
+    reads, fits = [], []
+    R_true_Bx3x3 = R_Bx3x3 if R_true_Bx3x3 is None else R_true_Bx3x3
+    rows = zip(np.asarray(R_Bx3x3, np.float64), np.asarray(R_true_Bx3x3, np.float64), np.asarray(t_Bx2, np.float64))
+    for R, R_image, t in rows:
+        target, drawn = draw(truth_Nx3, R_image, t), draw(drawn_Nx3, R, t)
+        left = np.maximum(target - drawn, 0)
         px, py = pixels(where_Vx3, R, t)
         ix, iy = np.floor(px + 0.5).astype(int), np.floor(py + 0.5).astype(int)
         inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
         ix, iy = np.clip(ix, 0, w - 1), np.clip(iy, 0, h - 1)
-        out += np.stack([np.where(inside, target[iy, ix], 0), np.where(inside, left[iy, ix], 0)], 1)
-    return out
+        reads.append(np.stack([np.where(inside, target[iy, ix], 0), np.where(inside, left[iy, ix], 0)], 1))
+        fits.append(np.abs(target - drawn).sum())
+    used = np.asarray(fits) <= np.median(fits)
+    return np.sum(np.asarray(reads)[used], axis=0), used
 
 
 def _pushed_out(truth):
@@ -471,8 +477,18 @@ def test_stray_points_read_background_and_are_moved_onto_the_structure():
             targets,
         )
     )
-    reference = _dense_reads(truth, R_true, t_true, ph.sigma, setup.ds.size, points, points)
+    reference, _ = _dense_reads(truth, R_true, t_true, ph.sigma, setup.ds.size, points, points)
     np.testing.assert_allclose(read, reference, rtol=2e-3, atol=2e-3 * reference.max())
+    # a quarter of the rows on a wrong pose (turned 180 degrees about x) fit worst: the reading leaves them out
+    wrong = np.arange(0, len(R_true), 4)
+    R_mixed = np.asarray(R_true).copy()
+    R_mixed[wrong] = np.diag([1.0, -1.0, -1.0]) @ R_mixed[wrong]
+    mixed = refine.point_reads(
+        setup, jnp.asarray(points, jnp.float32), jnp.asarray(R_mixed), rstate.rows["t"], rstate.rows["sigma"], targets
+    )
+    reference, used = _dense_reads(truth, R_mixed, t_true, ph.sigma, setup.ds.size, points, points, R_true)
+    assert used.sum() == len(R_true) // 2 and not used[wrong].any()
+    np.testing.assert_allclose(np.asarray(mixed), reference, rtol=2e-3, atol=2e-3 * reference.max())
 
     key = jax.random.key(0)
     new, moved = refine.relocate_strays(jnp.asarray(points), jnp.asarray(read[:, 0]), jnp.asarray(read[:, 1]), key)
