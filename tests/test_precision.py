@@ -8,18 +8,15 @@ asks for HIGHEST precision. On a CPU both precisions give the same numbers, so t
 programs: every matrix product outside the network must carry Precision.HIGHEST.
 """
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.transform import Rotation
+from test_refine import _config
 
-from configs import tiny
 from holly_jax import forward, loss, refine, render, rotations, search, train
 from holly_jax.setup import create_setup
 
-REPO = Path(__file__).resolve().parents[1]
 PRODUCTS = ("dot_general", "conv_general_dilated")
 
 
@@ -44,13 +41,7 @@ def _not_highest(fn, *args) -> list[tuple[str, object]]:
 
 
 def _setup(**overrides):
-    cfg = tiny.get_config()
-    cfg.data.object = str(REPO / "objs" / "asymmetric.obj")
-    cfg.refine.steps, cfg.refine.images, cfg.refine.batch_size = 12, 32, 8
-    for dotted, value in overrides.items():
-        section, field = dotted.split(".")
-        cfg[section][field] = value
-    return create_setup(cfg)
+    return create_setup(_config(**overrides))  # the refinement tests' tiny config
 
 
 def test_the_helper_sees_default_precision_products_inside_scans():
