@@ -3,7 +3,9 @@
 Whole files are written to a temporary name and renamed into place; the
 metrics log is append-only and, on resume, cut back to the restored step (a
 torn last line from a kill is dropped with it). A ``Recorder`` sends each
-phase's records to the metrics log, TensorBoard and the console.
+phase's records to the metrics log, TensorBoard and the console, and writes
+the files of each save interval (point files, pictures) on a thread of its own
+while the steps go on.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import json
 import math
 import os
 import sys
+from concurrent import futures
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -115,12 +118,21 @@ class Recorder:
 
     Only the primary process (process 0) writes or prints. Opening it cuts the log back to ``resume_step``,
     the step the restored state has seen (training and refinement steps counted together).
+
+    ``later(job)`` runs a job that only writes files (a save interval's point files and pictures, from host
+    copies of what they show) on the recorder's writer thread, so that the device goes on stepping meanwhile
+    (a save's pictures take about a second of
+    host time: on a GPU, some hundreds of steps at the original's batch). One job runs at a time, in order: ``later``
+    first waits for the one before, and a job's exception is raised in the caller there, at ``settle`` or at
+    ``close``, with the job's traceback.
     """
 
     def __init__(self, workdir: Path, primary: bool = True, resume_step: int = 0):
         self.primary = primary
         self.log = MetricsLog(Path(workdir) / "metrics.jsonl")
         self.tb = None
+        self._writer: futures.ThreadPoolExecutor | None = None
+        self._job: futures.Future | None = None
         if primary:
             self.log.truncate_after(resume_step)
             self.tb = TensorBoard(Path(workdir) / "tb", purge_step=resume_step)
@@ -141,9 +153,26 @@ class Recorder:
     def records(self) -> list[dict[str, Any]]:
         return self.log.read()
 
+    def later(self, job: Callable[[], None]) -> None:
+        self.settle()
+        if self._writer is None:
+            self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="holly-writer")
+        self._job = self._writer.submit(job)
+
+    def settle(self) -> None:
+        """Wait for the job ``later`` started, if any; raise its exception."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()
+
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            self.settle()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+            if self.tb is not None:
+                self.tb.close()
 
 
 class _Tee(io.TextIOBase):

@@ -716,11 +716,15 @@ def refine(
 
     def save(done: int, rstate: RefineState) -> None:
         checkpoints.save(mngr, done, rstate)
-        if rec.primary:
-            points = forward.full_cloud(setup, rstate.points)
-            outputs.write_shape(workdir, f"shape_refine_s{done}", points)
-            plots.save_curves(workdir / "pictures" / "curves.png", rec.records())
-            plots.save_cloud_views(workdir / "pictures" / "cloud.png", points, title=f"refinement step {done}")
+        if rec.primary:  # written on the recorder's thread while the steps go on
+            points, records = np.asarray(forward.full_cloud(setup, rstate.points)), rec.records()
+
+            def write() -> None:
+                outputs.write_shape(workdir, f"shape_refine_s{done}", points)
+                plots.save_curves(workdir / "pictures" / "curves.png", records)
+                plots.save_cloud_views(workdir / "pictures" / "cloud.png", points, title=f"refinement step {done}")
+
+            rec.later(write)
 
     cfg = setup.cfg
     spec = lambda total: loop.Loop(  # noqa: E731

@@ -160,19 +160,13 @@ def sample_pairs(setup: Setup, steps: Steps, state: TrainState) -> tuple[np.ndar
 
 
 def save_pictures(
-    setup: Setup, pairs: tuple[np.ndarray, np.ndarray], state: TrainState, workdir: Path, rec: outputs.Recorder
+    folder: Path, records: list[dict], grid: np.ndarray, scale: int, cloud_Nx3: np.ndarray, step: int
 ) -> None:
     """The pictures regenerated at each save interval: curves, input/output pairs, the cloud in three views."""
-    folder = workdir / "pictures"
-    step = int(state.step)
-    plots.save_curves(folder / "curves.png", rec.records())
+    plots.save_curves(folder / "curves.png", records)
     faults.point("pictures")
-    grid = plots.pairs(*pairs)
-    plots.save_png(folder / "pairs.png", grid, scale=plots.enlargement(setup.ds.size))
-    rec.image("inputs_outputs", grid, step)
-    plots.save_cloud_views(
-        folder / "cloud.png", forward.full_cloud(setup, state.params["points"]), title=f"step {step}"
-    )
+    plots.save_png(folder / "pairs.png", grid, scale=scale)
+    plots.save_cloud_views(folder / "cloud.png", cloud_Nx3, title=f"step {step}")
 
 
 def restore_or_init(setup: Setup, mngr: ocp.CheckpointManager, workdir: Path, move_damaged: bool = True) -> TrainState:
@@ -224,10 +218,17 @@ def train(
     def save(done: int, state: TrainState) -> None:
         checkpoints.save(mngr, done, state)
         pairs = sample_pairs(setup, steps, state)  # a computation on every process's devices
-        if rec.primary:
+        if rec.primary:  # the files are written on the recorder's thread while the steps go on
             epoch = (done - 1) // setup.steps_per_epoch
-            outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", forward.full_cloud(setup, state.params["points"]))
-            save_pictures(setup, pairs, state, workdir, rec)
+            cloud = np.asarray(forward.full_cloud(setup, state.params["points"]))
+            grid, records = plots.pairs(*pairs), rec.records()
+            rec.image("inputs_outputs", grid, done)
+
+            def write() -> None:
+                outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", cloud)
+                save_pictures(workdir / "pictures", records, grid, plots.enlargement(setup.ds.size), cloud, done)
+
+            rec.later(write)
 
     spec = loop.Loop(
         "training", setup.total_steps, setup.batch_size, int(cfg.train.log_every), int(cfg.train.save_every)

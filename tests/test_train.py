@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import checkpoints, optim, pipeline, pointfile, train
+from holly_jax import checkpoints, optim, pipeline, plots, pointfile, train
 from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,14 +55,28 @@ def _final_state(cfg, workdir):
     return train.restore_or_init(setup, checkpoints.manager(Path(workdir), cfg), Path(workdir))
 
 
-def test_training_loss_falls_at_constant_sigma(tmp_path):
+def test_training_loss_falls_at_constant_sigma(tmp_path, monkeypatch):
     cfg = _config(**{"sigma.list": "3.0", "train.epochs": 6, "train.log_every": 8, "optim.plr": 2e-2})
+    drawn, draw = [], plots.save_cloud_views
+
+    def save_cloud_views(path, points, *args, **kwargs):  # which thread draws each save's pictures
+        drawn.append((threading.current_thread().name, kwargs.get("title")))
+        draw(path, points, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "save_cloud_views", save_cloud_views)
     pipeline.fit(cfg, tmp_path)  # the training alone: the evaluation is tested elsewhere
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(8, 49, 8))
     first, last = records[0], records[-1]
     assert last["train_loss"] < 0.9 * first["train_loss"]
     assert last["test_loss"] < first["test_loss"]
+    # each save's files written on the recorder's thread, all of them there once the run returns
+    assert [title for _, title in drawn] == ["step 16", "step 32", "step 48"]
+    assert all(name.startswith("holly-writer") for name, _ in drawn)
+    assert sorted(p.name for p in (tmp_path / "plys").glob("shape_*.ply")) == [
+        f"shape_e{e}_s{s}.ply" for e, s in ((1, 16), (3, 32), (5, 48))
+    ]
+    assert (tmp_path / "pictures" / "pairs.png").stat().st_size > 0
 
 
 def test_pose_only_mode_keeps_points_fixed(tmp_path):
