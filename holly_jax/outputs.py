@@ -121,10 +121,9 @@ class Recorder:
 
     ``later(job)`` runs a job that only writes files (a save interval's point files and pictures, from host
     copies of what they show) on the recorder's writer thread, so that the device goes on stepping meanwhile
-    (a save's pictures take about a second of
-    host time: on a GPU, some hundreds of steps at the original's batch). One job runs at a time, in order: ``later``
-    first waits for the one before, and a job's exception is raised in the caller there, at ``settle`` or at
-    ``close``, with the job's traceback.
+    (a save's pictures take about a second of host time: on a GPU, some hundreds of steps at the original's
+    batch). One job runs at a time, in order: ``later`` first waits for the one before, and a job's exception
+    is raised in the caller there, at ``settle`` or at ``close``, with the job's traceback.
     """
 
     def __init__(self, workdir: Path, primary: bool = True, resume_step: int = 0):
