@@ -17,6 +17,7 @@ import threading
 import time
 
 _passed: dict[str, int] = {}
+_lock = threading.Lock()  # a save's files are written on the Recorder's thread: both threads pass points
 
 
 def point(name: str) -> None:
@@ -26,8 +27,9 @@ def point(name: str) -> None:
     wanted, count, *delay = (kill or fail).split(":")
     if wanted != name:
         return
-    _passed[name] = _passed.get(name, 0) + 1
-    if _passed[name] != int(count):
+    with _lock:
+        _passed[name] = passes = _passed.get(name, 0) + 1
+    if passes != int(count):
         return
     if fail:
         raise RuntimeError(f"fault injected at {name}")

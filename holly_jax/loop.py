@@ -3,13 +3,14 @@
 A phase hands ``drive`` its jitted step, its batches and two periodic
 actions: ``report`` every ``log_every`` steps (given the means of the metrics
 since the last report, it writes the phase's record and returns it) and
-``save`` every ``save_every`` steps (a checkpoint, point files, pictures); both
-also run at the last step. The loop waits on the device only at those
-intervals; a non-finite loss stops it with a one-line error, keeping the last
-checkpoint. The images/s it reports exclude the time spent reporting (and
-saving, when a save falls on a report's step). With several processes, a stop
-signal (SIGTERM, a scheduler's preemption notice, which JAX's runtime catches)
-makes every process save at the same step and stop with a one-line error.
+``save`` every ``save_every`` steps (a checkpoint and point files; the phase
+hands the pictures to the Recorder's writer thread); both also run at the last
+step. The loop waits on the device only at those intervals; a non-finite loss
+stops it with a one-line error, keeping the last checkpoint. The images/s it
+reports exclude the time spent reporting (and saving, when a save falls on a
+report's step). With several processes, a stop signal (SIGTERM, a scheduler's
+preemption notice, which JAX's runtime catches) makes every process save at the
+same step and stop with a one-line error.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Whole files are written to a temporary name and renamed into place; the
 metrics log is append-only and, on resume, cut back to the restored step (a
 torn last line from a kill is dropped with it). A ``Recorder`` sends each
-phase's records to the metrics log, TensorBoard and the console, and writes
-the files of each save interval (point files, pictures) on a thread of its own
-while the steps go on.
+phase's records to the metrics log, TensorBoard and the console, and draws
+the pictures of each save interval on a thread of its own while the steps go
+on.
 """
 
 from __future__ import annotations
@@ -119,11 +119,13 @@ class Recorder:
     Only the primary process (process 0) writes or prints. Opening it cuts the log back to ``resume_step``,
     the step the restored state has seen (training and refinement steps counted together).
 
-    ``later(job)`` runs a job that only writes files (a save interval's point files and pictures, from host
-    copies of what they show) on the recorder's writer thread, so that the device goes on stepping meanwhile
+    ``later(job)`` runs a job that only writes files (a save interval's pictures, from host copies of what
+    they show) on the recorder's writer thread, so that the device goes on stepping meanwhile
     (a save's pictures take about a second of host time: on a GPU, some hundreds of steps at the original's
     batch). One job runs at a time, in order: ``later`` first waits for the one before, and a job's exception
-    is raised in the caller there, at ``settle`` or at ``close``, with the job's traceback.
+    is raised in the caller there, at ``settle`` or at ``close``, with the job's traceback. Used as a context
+    manager it closes on the way out however the block ends, waiting for the job; when the block raises,
+    that error is the one that propagates (a stop signal's one line is not replaced by a job's).
     """
 
     def __init__(self, workdir: Path, primary: bool = True, resume_step: int = 0):
@@ -170,8 +172,21 @@ class Recorder:
         finally:
             if self._writer is not None:
                 self._writer.shutdown()
+                self._writer = None
             if self.tb is not None:
                 self.tb.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # the block's own error is the one to report
+            pass
 
 
 class _Tee(io.TextIOBase):

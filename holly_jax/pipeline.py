@@ -60,28 +60,28 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
     if primary:
         outputs.write_json(workdir / "config.json", cfg.to_dict())
         outputs.write_json(workdir / "scale.json", scale_record(setup))
-    rec = outputs.Recorder(
+    with outputs.Recorder(
         workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step))
-    )
-    state = train.train(setup, state, mngr, workdir, rec)
-    if refine.enabled(setup):
-        refined = refine.refine(setup, state, workdir, rec, refined)
-        state = refine.with_points(state, refined)
-    images = setup.ds.fits_images
-    if images is not None and images.skipped:
-        rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
-    if primary:
-        here = setup.local()
-        points = forward.full_cloud(here, state.params["points"])
-        outputs.write_shape(workdir, "final", points, subfolders=False)
-        if setup.group is not None:  # the asymmetric unit the group copies
-            outputs.write_shape(workdir, "final_unit", np.asarray(state.params["points"]), subfolders=False)
-        scale = setup.ds.scale
-        pixel_nm = scale.pixel_nm(setup.ds.size[0])
-        sigma_nm = None if pixel_nm is None else forward.final_sigma(here) * pixel_nm
-        written = exports.write_all(workdir, points, scale.nm_per_unit, sigma_nm)
-        rec.say(f"in nm: {', '.join(written)} ({scale.nm_per_unit:.4g} nm per unit)" if written else scale.how)
-    rec.close()
+    ) as rec:  # closed however the run ends: a save's files are finished first
+        state = train.train(setup, state, mngr, workdir, rec)
+        if refine.enabled(setup):
+            refined = refine.refine(setup, state, workdir, rec, refined)
+            state = refine.with_points(state, refined)
+        images = setup.ds.fits_images
+        if images is not None and images.skipped:
+            rec.say(f"warning: {images.skipped} image(s) were skipped (listed above)")
+        rec.settle()  # the last save's pictures before the final files: one order of writes
+        if primary:
+            here = setup.local()
+            points = forward.full_cloud(here, state.params["points"])
+            outputs.write_shape(workdir, "final", points, subfolders=False)
+            if setup.group is not None:  # the asymmetric unit the group copies
+                outputs.write_shape(workdir, "final_unit", np.asarray(state.params["points"]), subfolders=False)
+            scale = setup.ds.scale
+            pixel_nm = scale.pixel_nm(setup.ds.size[0])
+            sigma_nm = None if pixel_nm is None else forward.final_sigma(here) * pixel_nm
+            written = exports.write_all(workdir, points, scale.nm_per_unit, sigma_nm)
+            rec.say(f"in nm: {', '.join(written)} ({scale.nm_per_unit:.4g} nm per unit)" if written else scale.how)
     return workdirs.Saved(setup, state, refined)
 
 

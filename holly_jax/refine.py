@@ -715,16 +715,17 @@ def refine(
         return record
 
     def save(done: int, rstate: RefineState) -> None:
+        rec.settle()  # the last save's pictures are drawn (or their error raised) before the next checkpoint
         checkpoints.save(mngr, done, rstate)
-        if rec.primary:  # written on the recorder's thread while the steps go on
+        if rec.primary:  # the point files now, the pictures on the recorder's thread while the steps go on
             points, records = np.asarray(forward.full_cloud(setup, rstate.points)), rec.records()
+            outputs.write_shape(workdir, f"shape_refine_s{done}", points)
 
-            def write() -> None:
-                outputs.write_shape(workdir, f"shape_refine_s{done}", points)
+            def draw() -> None:
                 plots.save_curves(workdir / "pictures" / "curves.png", records)
                 plots.save_cloud_views(workdir / "pictures" / "cloud.png", points, title=f"refinement step {done}")
 
-            rec.later(write)
+            rec.later(draw)
 
     cfg = setup.cfg
     spec = lambda total: loop.Loop(  # noqa: E731

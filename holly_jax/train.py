@@ -216,19 +216,16 @@ def train(
         return record
 
     def save(done: int, state: TrainState) -> None:
+        rec.settle()  # the last save's pictures are drawn (or their error raised) before the next checkpoint
         checkpoints.save(mngr, done, state)
         pairs = sample_pairs(setup, steps, state)  # a computation on every process's devices
-        if rec.primary:  # the files are written on the recorder's thread while the steps go on
+        if rec.primary:  # the point files now, the pictures on the recorder's thread while the steps go on
             epoch = (done - 1) // setup.steps_per_epoch
             cloud = np.asarray(forward.full_cloud(setup, state.params["points"]))
-            grid, records = plots.pairs(*pairs), rec.records()
+            outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", cloud)
+            grid, records, scale = plots.pairs(*pairs), rec.records(), plots.enlargement(setup.ds.size)
             rec.image("inputs_outputs", grid, done)
-
-            def write() -> None:
-                outputs.write_shape(workdir, f"shape_e{epoch}_s{done}", cloud)
-                save_pictures(workdir / "pictures", records, grid, plots.enlargement(setup.ds.size), cloud, done)
-
-            rec.later(write)
+            rec.later(lambda: save_pictures(workdir / "pictures", records, grid, scale, cloud, done))
 
     spec = loop.Loop(
         "training", setup.total_steps, setup.batch_size, int(cfg.train.log_every), int(cfg.train.save_every)

@@ -35,13 +35,13 @@ OVERRIDES = [
 KILLS = [
     "training_step:3",  # before the first checkpoint: the next process starts again
     "metrics:1",  # half of the step-8 line written
-    "file_write:5",  # shape_e0_s8.ply written under its temporary name, not yet renamed (checkpoint 8 saved)
+    "file_write:6",  # shape_e0_s8.ply written under its temporary name, not yet renamed (checkpoint 8 saved)
     "pictures:1",  # between the curves and the input/output pairs at step 16
     "checkpoint:1:30",  # 30 ms into writing checkpoint 24
     "refinement_step:3",
     "checkpoint:1:20",  # 20 ms into writing refinement checkpoint 8
     "evaluation:1",  # the final evaluation, metrics computed, nothing written
-    "file_write:4",  # final.obj (the run is otherwise complete)
+    "file_write:4",  # final.ply rewritten (the run is otherwise complete)
 ]
 
 

@@ -17,7 +17,7 @@ def test_jobs_run_one_at_a_time_in_order_off_the_calling_thread(tmp_path):
     def job(i):
         if i == 0:  # held until the caller is back: it returns before the job ends (or the wait times out)
             assert gate.wait(10)
-        time.sleep(0.02 * (3 - i))  # earlier jobs take longer: the order holds only if each waits for the last
+        time.sleep(0.02 * (3 - i))  # earlier jobs take longer
         ran.append((i, threading.current_thread().name))
 
     rec.later(lambda: job(0))

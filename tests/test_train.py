@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holly_jax import checkpoints, optim, pipeline, plots, pointfile, train
+from holly_jax import checkpoints, loop, optim, pipeline, plots, pointfile, train
+from holly_jax.errors import InputError
 from holly_jax.setup import create_setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,18 @@ def test_training_loss_falls_at_constant_sigma(tmp_path, monkeypatch):
         f"shape_e{e}_s{s}.ply" for e, s in ((1, 16), (3, 32), (5, 48))
     ]
     assert (tmp_path / "pictures" / "pairs.png").stat().st_size > 0
+
+
+def test_a_run_stopped_at_a_save_ends_with_that_saves_files_written(tmp_path, monkeypatch):
+    # a stop signal at the first step: the loop saves, then stops with one line; the save's point files and
+    # pictures, written on the Recorder's thread, are all there when the error reaches the caller
+    monkeypatch.setattr(loop, "preempted", lambda: True)
+    with pytest.raises(InputError) as info:
+        pipeline.fit(_config(**{"train.epochs": 1}), tmp_path)
+    assert "stopped at step 1 on a stop signal" in str(info.value)
+    assert (tmp_path / "plys" / "shape_e0_s1.ply").stat().st_size > 0
+    assert (tmp_path / "objs" / "shape_e0_s1.obj").stat().st_size > 0
+    assert all((tmp_path / "pictures" / f"{name}.png").stat().st_size > 0 for name in ("curves", "pairs", "cloud"))
 
 
 def test_pose_only_mode_keeps_points_fixed(tmp_path):
