@@ -17,7 +17,7 @@ import threading
 import time
 
 _passed: dict[str, int] = {}
-_lock = threading.Lock()  # a save's files are written on the Recorder's thread: both threads pass points
+_lock = threading.Lock()  # a save's pictures are drawn on the Recorder's thread: both threads pass points
 
 
 def point(name: str) -> None:

@@ -180,13 +180,11 @@ class Recorder:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if kind is None:
-            self.close()
-            return
         try:
             self.close()
-        except Exception:  # the block's own error is the one to report
-            pass
+        except Exception:
+            if kind is None:  # else the block's own error is the one to report
+                raise
 
 
 class _Tee(io.TextIOBase):

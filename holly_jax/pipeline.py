@@ -62,7 +62,7 @@ def _fit(cfg: ml_collections.ConfigDict, workdir: Path) -> workdirs.Saved:
         outputs.write_json(workdir / "scale.json", scale_record(setup))
     with outputs.Recorder(
         workdir, primary, resume_step=int(state.step) + (0 if refined is None else int(refined.step))
-    ) as rec:  # closed however the run ends: a save's files are finished first
+    ) as rec:  # closed however the run ends: a save's pictures are finished first
         state = train.train(setup, state, mngr, workdir, rec)
         if refine.enabled(setup):
             refined = refine.refine(setup, state, workdir, rec, refined)

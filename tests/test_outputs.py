@@ -1,4 +1,4 @@
-"""The Recorder's writer thread: a save interval's files written off the stepping thread, in order, their
+"""The Recorder's writer thread: a save interval's pictures drawn off the stepping thread, in order, their
 errors raised in the caller with the job's traceback."""
 
 import threading
